@@ -1,0 +1,259 @@
+"""The GPT model: a decoder-only Transformer as in GPT-2 / GPT-3, in one file.
+
+token + learned position embeddings -> N x [LayerNorm -> causal self-attention -> residual,
+LayerNorm -> GELU MLP -> residual] -> final LayerNorm -> linear head tied to the token embedding.
+
+Attention goes through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
+kernels where available). Which attention each layer uses is data (`GPTConfig.attention`), so sparse
+patterns plug in by registering a function in `ATTENTION_KINDS`. A `KVCache` makes generation cost
+one token's work per step; it supports left-padded batches of prompts of different lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+IGNORE_INDEX = -1  # targets with this value contribute no loss (masked prompt tokens, padding)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # context length T
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768  # d_model
+    head_dim: int = 0  # d_head; 0 means n_embd // n_head (GPT-3 13B has 40 x 128 heads in d_model 5140)
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2/3
+    # Per-layer attention schedule, cycled over the layers: "dense", or e.g. "dense,sparse" (GPT-3).
+    attention: str = "dense"
+
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    def attention_kinds(self) -> list[str]:
+        kinds = [k.strip() for k in self.attention.split(",") if k.strip()]
+        if not kinds:
+            raise ValueError("model.attention must name at least one attention kind")
+        for k in kinds:
+            if k not in ATTENTION_KINDS:
+                raise ValueError(f"model.attention: unknown kind {k!r}; known: {', '.join(ATTENTION_KINDS)}")
+        return [kinds[i % len(kinds)] for i in range(self.n_layer)]
+
+    def validate(self) -> None:
+        if not self.head_dim and self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}")
+        self.attention_kinds()
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention kinds. Each takes q, k, v of shape (B, H, Tq, D) / (B, H, Tk, D) plus an optional
+# boolean mask (True = may attend) broadcastable to (B, H, Tq, Tk); mask None means plain causal
+# attention with Tq == Tk, or a single query that may see every cached key.
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, float], torch.Tensor]
+
+
+def dense_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_head) + causal mask) v, via PyTorch's fused kernel."""
+    is_causal = mask is None and q.size(-2) == k.size(-2) and q.size(-2) > 1
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+ATTENTION_KINDS: dict[str, AttentionFn] = {"dense": dense_attention}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """Keys and values of past positions for every layer, preallocated to `max_len`.
+
+    `pad` holds, per row, how many left-padding tokens the prompt has: those keys are never
+    attended to and positions are counted from the first real token, so a batch of prompts of
+    different lengths gives each row exactly what it would get alone.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype, pad=None):
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.d_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.max_len = max_len
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device) if pad is None else pad.to(device)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t0, t1 = self.length, self.length + k.size(2)
+        if t1 > self.max_len:
+            raise ValueError(f"KV cache full: {t1} positions > max_len {self.max_len}")
+        self.k[layer, :, :, t0:t1] = k
+        self.v[layer, :, :, t0:t1] = v
+        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+
+    def attention_mask(self, tq: int) -> torch.Tensor | None:
+        """Boolean (B, 1, Tq, Tk) mask for the next Tq queries, or None when plain causal suffices."""
+        tk = self.length + tq
+        if not bool(self.pad.any()) and (self.length == 0 or tq == 1):
+            return None
+        q_pos = torch.arange(self.length, tk, device=self.pad.device)[:, None]
+        k_pos = torch.arange(tk, device=self.pad.device)[None, :]
+        causal = k_pos <= q_pos  # (Tq, Tk)
+        not_pad = k_pos >= self.pad[:, None]  # (B, Tk)
+        # A padding query sees only itself: never a fully masked row, whose softmax would be NaN.
+        return ((causal[None] & not_pad[:, None, :]) | (k_pos == q_pos)[None])[:, None]
+
+    def positions(self, tq: int) -> torch.Tensor:
+        """(B, Tq) position ids counted from each row's first real token."""
+        pos = torch.arange(self.length, self.length + tq, device=self.pad.device)[None, :] - self.pad[:, None]
+        return pos.clamp(min=0)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int, kind: str):
+        super().__init__()
+        self.layer, self.kind = layer, kind
+        self.n_head, self.d_head = config.n_head, config.d_head
+        inner = config.n_head * config.d_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * inner, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.attend = ATTENTION_KINDS[kind]
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=2)
+        # (B, T, H*D) -> (B, H, T, D): every head attends independently
+        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
+        mask = None
+        if cache is not None:
+            mask = cache.attention_mask(T)
+            k, v = cache.update(self.layer, k, v)
+        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.d_head)  # re-assemble heads
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.mlp_ratio * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block (GPT-2/3): x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig, layer: int, kind: str):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer, kind)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embedding
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)  # learned position embedding
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i, kind) for i, kind in enumerate(config.attention_kinds()))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (GPT-2): input and output embeddings shared
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of layers that write into the residual stream by 1/sqrt(2 * n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (tied head counted once); non_embedding drops the position table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N plus the attention score matmuls."""
+        c = self.config
+        t = seq_len or c.block_size
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * c.d_head * t
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final (layer-normed) hidden state of every position: (B, T, n_embd).
+
+        Later stages put their own heads on this (reward model, value head, GPT-1 task heads).
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than the model's context ({self.config.block_size})"
+            )
+        if cache is not None:
+            pos = cache.positions(T)
+        else:
+            pos = torch.arange(T, device=idx.device)[None, :]
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.blocks:
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += T
+        return self.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab) and, given targets, the mean next-token cross entropy.
+
+        Targets equal to IGNORE_INDEX are left out of the mean (prompt tokens in SFT, padding).
+        """
+        h = self.hidden_states(idx, cache)
+        logits = self.lm_head(h)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        return logits, loss
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, pad: torch.Tensor | None = None) -> KVCache:
+        p = self.wte.weight
+        dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
+        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, dtype, pad)
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay matrices (Linear weights, embeddings); not biases or LayerNorm gains."""
+        params = {id(p): p for p in self.parameters() if p.requires_grad}.values()
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,54 @@
+"""The main job: every stage built so far, on the embedded default corpus, ending in one run report.
+
+    gptrecipe run            # tokenizer -> pretrain (tiny) -> samples -> runs/speedrun/report.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
+from .report import environment, md_table, write_markdown
+
+
+def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun",
+                 out_dir: str = "runs", resume: bool = False, log=print) -> Path:
+    """Run the stages in order under out_dir/name and return the path of report.md."""
+    root = Path(out_dir) / name
+    timings: list[dict] = []
+    cfg = load_pretrain_config(preset, list(overrides))
+    cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
+                              tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
+
+    log("== stage 1/2: tokenizer")
+    t = time.perf_counter()
+    tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
+    timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
+    stats = corpus_compression(tok, cfg.data)
+
+    log("== stage 2/2: pretraining")
+    t = time.perf_counter()
+    result = pretrain(cfg, resume=resume, log=log)
+    timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
+
+    first, last = result.evals[0], result.evals[-1]
+    pre = cfg.run_dir
+    samples = [s for s in result.samples if s["step"] == result.final_step]
+    sections = [
+        ("Summary", md_table([
+            {"stage": "tokenizer", "result": f"{tok.vocab_size} tokens; "
+             + ", ".join(f"{s['corpus']} {s['bytes_per_token']:.2f} bytes/token" for s in stats)},
+            {"stage": "pretrain", "result": f"{result.final_step} steps, val loss {first['val_loss']:.3f} "
+             f"(step {first['step']}) -> {last['val_loss']:.3f} (step {last['step']}), "
+             f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
+        ])),
+        ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
+                       f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
+        ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
+        ("Tokenizer compression", md_table(stats, ["corpus", "bytes", "tokens", "bytes_per_token"])),
+        ("Stage timings", md_table(timings)),
+        ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),
+    ]
+    return write_markdown(root / "report.md", f"gptrecipe run `{name}`", sections)

@@ -1,0 +1,200 @@
+"""The one sampler: batched autoregressive generation with a KV cache.
+
+Each step feeds only the newest token per row (the cache holds the keys and values of all earlier
+positions), turns the last logits into a distribution (temperature, top-k, top-p) and draws the
+next token. Prompts of different lengths are left-padded; rows stop independently at a stop token,
+a stop string, the token budget or the context length. Every later stage (chat, PPO rollouts, the
+server, in-context evaluation) generates through `generate_ids` / `generate`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT
+
+
+class PromptTooLongError(ValueError):
+    """The prompt does not fit in the model's context."""
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 = greedy (argmax)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
+    num_samples: int = 1
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (stop token or string) or "length" (budget or context exhausted)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Scale by temperature and mask everything outside top-k / the top-p nucleus to -inf."""
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids."""
+    if cfg.temperature <= 0:
+        return logits.argmax(-1)
+    probs = F.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack prompts into (B, T) with left padding; returns ids and per-row pad counts."""
+    width = max(len(p) for p in prompts)
+    pads = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+    return ids.to(device), pads.to(device)
+
+
+@torch.no_grad()
+def generate_ids(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (next_ids (B,), finished (B,) bool) each step until every row has finished.
+
+    A row's token is meaningful only on the step it is produced while not yet finished; the stop
+    token that ends a row is yielded (with finished=True) so callers can record it.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    block = model.config.block_size
+    longest = max(len(p) for p in prompts)
+    if longest > block:
+        raise PromptTooLongError(f"prompt of {longest} tokens is longer than the model's context ({block} tokens)")
+    device = next(model.parameters()).device
+    generator = None
+    if cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    ids, pads = left_pad(prompts, pad_id, device)
+    budget = min(cfg.max_new_tokens, block - longest)
+    cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
+    stop = torch.tensor(list(stop_ids) or [-1], device=device)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    logits, _ = model(ids, cache=cache)
+    for i in range(budget):
+        nxt = sample_next(logits[:, -1, :], cfg, generator)
+        newly = torch.isin(nxt, stop) & ~finished
+        if i == budget - 1:
+            newly = ~finished
+        yield nxt, finished | newly
+        finished |= newly
+        if bool(finished.all()):
+            return
+        logits, _ = model(nxt[:, None], cache=cache)
+
+
+def generate(
+    model: GPT,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    cfg: SamplingConfig,
+    *,
+    stop_ids: Sequence[int] | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[Completion]:
+    """Generate a completion per prompt (strings are encoded; id lists are used as given).
+
+    `on_text(row, piece)` receives newly decoded text as it is produced (streaming); text is held
+    back while it ends in an incomplete UTF-8 sequence or could be the start of a stop string.
+    """
+    ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    if stop_ids is None:
+        stop_ids = [tokenizer.eot_id]
+    n = len(ids)
+    out: list[list[int]] = [[] for _ in range(n)]
+    texts = [""] * n
+    emitted = [0] * n
+    reasons: list[str | None] = [None] * n
+    stop_tokens = set(stop_ids)
+    for nxt, finished in generate_ids(model, ids, cfg, stop_ids=stop_ids, pad_id=tokenizer.eot_id):
+        for row in range(n):
+            if reasons[row] is not None:
+                continue
+            tok = int(nxt[row])
+            if tok in stop_tokens:
+                reasons[row] = "stop"
+            else:
+                out[row].append(tok)
+                texts[row] = tokenizer.decode(out[row])
+                hit = [texts[row].find(s) for s in cfg.stop if s and s in texts[row]]
+                if hit:
+                    texts[row] = texts[row][: min(hit)]
+                    reasons[row] = "stop"
+                elif bool(finished[row]):
+                    reasons[row] = "length"
+            if on_text is not None:
+                safe = _safe_prefix(texts[row], cfg.stop, final=reasons[row] is not None)
+                if safe > emitted[row]:
+                    on_text(row, texts[row][emitted[row]:safe])
+                    emitted[row] = safe
+        if all(r is not None for r in reasons):
+            break
+    completions = []
+    for i in range(n):
+        truncated = tokenizer.decode(out[i]) != texts[i]  # cut at a stop string: re-encode what is kept
+        completions.append(Completion(texts[i], tokenizer.encode(texts[i]) if truncated else out[i],
+                                      reasons[i] or "length"))
+    return completions
+
+
+def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:
+    """How much of `text` can be shown now without risking a later change."""
+    if final:
+        return len(text)
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":  # an incomplete multi-byte character at the end
+        end -= 1
+    for s in stops:  # a suffix that may grow into a stop string must wait
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:k]):
+                end -= k
+                break
+    return end
+
+
+def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=sys.stdout) -> list[Completion]:
+    """Print the prompt's completions as they are generated (row 0 live; others after)."""
+    def show(row: int, piece: str) -> None:
+        if row == 0:
+            file.write(piece)
+            file.flush()
+
+    completions = generate(model, tokenizer, [prompt] * cfg.num_samples, cfg, on_text=show)
+    file.write("\n")
+    for i, c in enumerate(completions[1:], start=2):
+        file.write(f"\n--- sample {i} ---\n{prompt}{c.text}\n")
+    return completions

@@ -1,0 +1,47 @@
+"""Shared fixtures: a byte-level stand-in tokenizer and tiny models, so tests run in seconds on CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from gptrecipe.model import GPT, GPTConfig
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+os.environ.setdefault("GPTRECIPE_CACHE", os.path.join(os.path.dirname(__file__), "..", "runs", "cache", "test"))
+
+
+class ByteTokenizer:
+    """ids = UTF-8 bytes; 256 = <|endoftext|>. Same interface as gptrecipe.tokenizer.Tokenizer."""
+
+    eot_id = 256
+    vocab_size = 257
+    fingerprint = "bytes-v1"
+
+    def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: list[str], *, num_threads: int = 0) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+@pytest.fixture
+def byte_tok() -> ByteTokenizer:
+    return ByteTokenizer()
+
+
+def tiny_config(**kw) -> GPTConfig:
+    base = dict(vocab_size=257, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+@pytest.fixture
+def tiny_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(tiny_config()).eval()

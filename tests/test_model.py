@@ -1,0 +1,151 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptrecipe.model import ATTENTION_KINDS, GPT, IGNORE_INDEX, GPTConfig
+from tests.conftest import tiny_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
+
+# GPT-3 paper, table 2.1
+GPT3_SIZES = {"gpt3-small": 125e6, "gpt3-medium": 350e6, "gpt3-large": 760e6, "gpt3-xl": 1.3e9,
+              "gpt3-2.7b": 2.7e9, "gpt3-6.7b": 6.7e9, "gpt3-13b": 13e9, "gpt3-175b": 175e9}
+GPT3_SHAPES = {"gpt3-small": (12, 768, 12), "gpt3-medium": (24, 1024, 16), "gpt3-large": (24, 1536, 16),
+               "gpt3-xl": (24, 2048, 24), "gpt3-2.7b": (32, 2560, 32), "gpt3-6.7b": (32, 4096, 32),
+               "gpt3-13b": (40, 5140, 40), "gpt3-175b": (96, 12288, 96)}
+
+
+def preset(name: str) -> GPTConfig:
+    return GPTConfig(**tomllib.loads((CONFIGS / f"{name}.toml").read_text()))
+
+
+@pytest.mark.parametrize("name", sorted(GPT3_SIZES))
+def test_gpt3_presets_match_the_paper(name):
+    cfg = preset(name)
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head) == GPT3_SHAPES[name]
+    assert cfg.block_size == 2048 and cfg.vocab_size == 50257
+    with torch.device("meta"):
+        n = GPT(cfg).num_params()
+    assert abs(n - GPT3_SIZES[name]) / GPT3_SIZES[name] < 0.02, f"{name}: {n / 1e6:.1f}M"
+
+
+@pytest.mark.parametrize("name,size", [("gpt2", 124e6), ("gpt2-medium", 355e6), ("gpt2-large", 774e6),
+                                       ("gpt2-xl", 1558e6)])
+def test_gpt2_presets(name, size):
+    with torch.device("meta"):
+        n = GPT(preset(name)).num_params()
+    assert abs(n - size) / size < 0.01
+
+
+def test_cpu_presets_are_small():
+    for name, limit in [("tiny", 10e6), ("small", 20e6)]:
+        with torch.device("meta"):
+            assert GPT(preset(name)).num_params() < limit
+
+
+def test_head_is_tied_and_shapes(tiny_model):
+    assert tiny_model.lm_head.weight is tiny_model.wte.weight
+    x = torch.randint(0, 257, (3, 10))
+    logits, loss = tiny_model(x)
+    assert logits.shape == (3, 10, 257) and loss is None
+
+
+def test_causality_future_tokens_do_not_change_past_logits(tiny_model):
+    x = torch.randint(0, 257, (1, 20))
+    y = x.clone()
+    y[0, 12:] = torch.randint(0, 257, (8,))
+    a, _ = tiny_model(x)
+    b, _ = tiny_model(y)
+    torch.testing.assert_close(a[:, :12], b[:, :12], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_loss_is_cross_entropy_and_ignores_masked_targets(tiny_model):
+    x = torch.randint(0, 257, (2, 16))
+    y = torch.randint(0, 257, (2, 16))
+    logits, loss = tiny_model(x, y)
+    ref = torch.nn.functional.cross_entropy(logits.view(-1, 257), y.view(-1))
+    torch.testing.assert_close(loss, ref)
+    y2 = y.clone()
+    y2[:, :8] = IGNORE_INDEX
+    _, masked = tiny_model(x, y2)
+    ref2 = torch.nn.functional.cross_entropy(logits[:, 8:].reshape(-1, 257), y[:, 8:].reshape(-1))
+    torch.testing.assert_close(masked, ref2)
+
+
+def test_initial_loss_is_near_uniform():
+    torch.manual_seed(0)
+    m = GPT(tiny_config())
+    x, y = torch.randint(0, 257, (2, 4, 32))
+    _, loss = m(x, y)
+    assert abs(loss.item() - torch.log(torch.tensor(257.0)).item()) < 0.3
+
+
+def test_kv_cache_logits_equal_full_recompute(tiny_model):
+    torch.manual_seed(1)
+    x = torch.randint(0, 257, (2, 40))
+    full, _ = tiny_model(x)
+    cache = tiny_model.new_cache(2)
+    parts = [tiny_model(x[:, :17], cache=cache)[0]]  # prefill
+    for t in range(17, 40):  # then one token at a time
+        parts.append(tiny_model(x[:, t:t + 1], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-5)
+
+
+def test_kv_cache_chunked_prefill(tiny_model):
+    x = torch.randint(0, 257, (1, 30))
+    full, _ = tiny_model(x)
+    cache = tiny_model.new_cache(1)
+    a = tiny_model(x[:, :10], cache=cache)[0]
+    b = tiny_model(x[:, 10:30], cache=cache)[0]  # several new tokens on top of a cache
+    torch.testing.assert_close(torch.cat([a, b], 1), full, rtol=0, atol=1e-5)
+
+
+def test_left_padded_batch_matches_each_row_alone(tiny_model):
+    torch.manual_seed(2)
+    short, long = torch.randint(0, 257, (1, 5)), torch.randint(0, 257, (1, 12))
+    batch = torch.cat([torch.cat([torch.zeros(1, 7, dtype=torch.long), short], 1), long])
+    cache = tiny_model.new_cache(2, pad=torch.tensor([7, 0]))
+    out = tiny_model(batch, cache=cache)[0]
+    nxt = torch.randint(0, 257, (2, 1))
+    step = tiny_model(nxt, cache=cache)[0]
+    alone_short = tiny_model(torch.cat([short, nxt[:1]], 1))[0]
+    alone_long = tiny_model(torch.cat([long, nxt[1:]], 1))[0]
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 7:], alone_short[0, :5], rtol=0, atol=1e-5)
+    torch.testing.assert_close(step[0, 0], alone_short[0, 5], rtol=0, atol=1e-5)
+    torch.testing.assert_close(step[1, 0], alone_long[0, 12], rtol=0, atol=1e-5)
+
+
+def test_context_overflow_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        tiny_model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_attention_schedule_and_unknown_kind():
+    cfg = tiny_config(n_layer=4, attention="dense")
+    assert cfg.attention_kinds() == ["dense"] * 4
+    with pytest.raises(ValueError, match="unknown kind 'sparse'"):
+        GPT(tiny_config(attention="dense,sparse"))
+    assert "dense" in ATTENTION_KINDS
+
+
+def test_attention_matches_explicit_softmax_formula(tiny_model):
+    """SDPA path equals softmax(q k^T / sqrt(d)) v with a causal mask, written out by hand."""
+    attn = tiny_model.blocks[0].attn
+    x = torch.randn(2, 9, 32)
+    q, k, v = attn.c_attn(x).split(32, dim=2)
+    q, k, v = (t.view(2, 9, 2, 16).transpose(1, 2) for t in (q, k, v))
+    att = q @ k.transpose(-2, -1) * (1.0 / 16**0.5)
+    att = att.masked_fill(torch.ones(9, 9).triu(1).bool(), float("-inf")).softmax(-1)
+    ref = attn.c_proj((att @ v).transpose(1, 2).reshape(2, 9, 32))
+    torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_optimizer_groups_decay_only_matrices(tiny_model):
+    decay, no_decay = tiny_model.optimizer_groups(0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == tiny_model.num_params()
