@@ -136,6 +136,8 @@ def train(
     run_dir = Path(run_dir)
     info, device = init_distributed(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
+    if device.type == "cuda":  # TF32 tensor cores for whatever still runs in fp32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg.seed)
     model.to(device)
     accum = grad_accum_steps(cfg, task.tokens_per_row, info.world_size)
