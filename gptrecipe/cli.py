@@ -38,7 +38,8 @@ def _run_pretrain(args) -> int:
     from .config import dump_toml
     from .pretrain import load_pretrain_config, pretrain
 
-    cfg = load_pretrain_config(args.config, args.overrides, model=args.model, data_paths=args.data)
+    paths, overrides = _split_paths(args.data, args.overrides)
+    cfg = load_pretrain_config(args.config, overrides, model=args.model, data_paths=paths)
     if args.print_config:
         print(dump_toml(cfg), end="")
         return 0
@@ -47,6 +48,14 @@ def _run_pretrain(args) -> int:
         print(f"done: step {result.final_step}, val loss {result.evals[-1]['val_loss']:.4f}, "
               f"report {cfg.run_dir / 'report.md'}")
     return 0
+
+
+def _split_paths(paths: list[str] | None, overrides: list[str]) -> tuple[list[str] | None, list[str]]:
+    """`--data a.txt dir/ train.lr=1e-3`: argparse gives the KEY=VALUE words to --data; hand them back."""
+    if not paths:
+        return paths, overrides
+    keep = [p for p in paths if "=" not in p or Path(p).exists()]
+    return keep, [p for p in paths if p not in keep] + list(overrides)
 
 
 def _add_sample(sub) -> None:

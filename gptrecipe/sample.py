@@ -186,8 +186,9 @@ def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:
     return end
 
 
-def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=sys.stdout) -> list[Completion]:
+def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=None) -> list[Completion]:
     """Print the prompt's completions as they are generated (row 0 live; others after)."""
+    file = file or sys.stdout
     def show(row: int, piece: str) -> None:
         if row == 0:
             file.write(piece)

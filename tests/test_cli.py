@@ -1,0 +1,82 @@
+"""End to end through the command line: tokenizer -> pretrain -> sample -> resume, and bad inputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gptrecipe.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+        "First Citizen:\nYou are all resolved rather to die than to famish?\n\nAll:\nResolved. resolved.\n\n")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("corpus")
+    (d / "plays.txt").write_text(TEXT * 120)
+    with open(d / "more.jsonl", "w") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": f"Line {i}: the king is dead, long live the king.\n"}) + "\n")
+    return d
+
+
+def pretrain_args(tmp: Path, corpus: Path, steps: int, *extra: str) -> list[str]:
+    return ["pretrain", "--config", "tiny", "--data", str(corpus / "plays.txt"), str(corpus / "more.jsonl"),
+            f"out_dir={tmp}", "name=cli", f"tokenizer.path={tmp}/tok/tokenizer.json", "tokenizer.vocab_size=320",
+            "model.n_layer=2", "model.n_embd=64", "model.n_head=2", "model.block_size=64",
+            f"train.max_steps={steps}", "train.micro_batch_size=8", "train.eval_every=10", "train.eval_batches=2",
+            "train.checkpoint_every=10", "train.warmup_steps=5", "train.lr=3e-3", "train.progress=false",
+            f"data.cache_dir={tmp}/cache", "sample.max_new_tokens=16", *extra]
+
+
+def test_help_lists_the_stages(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for stage in ("tokenizer", "pretrain", "sample", "run"):
+        assert stage in out
+
+
+def test_pretrain_sample_resume(tmp_path, corpus, capsys):
+    assert main(pretrain_args(tmp_path, corpus, 20)) == 0
+    run = tmp_path / "cli"
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] < 6.0
+    assert {"val/plays", "val/more"} <= set(evals[-1])
+    assert (run / "loss.png").stat().st_size > 1000 and "Pretraining run" in (run / "report.md").read_text()
+    ckpt = run / "checkpoints" / "step_0000020"
+    assert (ckpt / "tokenizer.json").exists() and (ckpt / "model.safetensors").exists()
+
+    capsys.readouterr()
+    assert main(["sample", str(run), "-p", "First Citizen:", "-n", "12", "--seed", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("First Citizen:") and len(out) > len("First Citizen:")
+
+    assert main(pretrain_args(tmp_path, corpus, 30, "--resume")) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps == list(range(1, 31))
+
+
+def test_malformed_jsonl_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": broken\n')
+    code = main(["pretrain", "--data", str(bad), f"out_dir={tmp_path}", f"tokenizer.path={tmp_path}/t.json",
+                 "tokenizer.vocab_size=300"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bad.jsonl" in err and "line 2" in err
+
+
+def test_unknown_override_is_a_clear_error(capsys):
+    assert main(["pretrain", "train.learning_rate=1"]) == 2
+    assert "unknown config key 'train.learning_rate'" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "gptrecipe", "pretrain", "--model", "gpt3-175b", "--print-config"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "n_embd = 12288" in out.stdout
