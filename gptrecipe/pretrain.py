@@ -17,6 +17,7 @@ from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_d
 from .data import BatchLoader, DataConfig, PreparedData, prepare_data, read_documents
 from .model import GPT, GPTConfig
 from .report import md_table, plot_losses, write_markdown
+from .runtime import init_distributed, rank_zero_first
 from .sample import SamplingConfig, generate
 from .tokenizer import Tokenizer, compression_stats
 from .train import TrainConfig, TrainResult, train
@@ -134,25 +135,34 @@ class NextTokenTask:
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     """Train (or resume) a base model; writes checkpoints, metrics, loss.png and report.md in run_dir."""
     run_dir = cfg.run_dir
-    tokenizer = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
+    info, _ = init_distributed(cfg.train.device)
+    if not info.is_main:
+        log = _quiet
+    with rank_zero_first(info):  # rank 0 trains the tokenizer and fills the token cache; the others reuse it
+        tokenizer = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
+        data = prepare_data(cfg.data, tokenizer, show_progress=cfg.train.progress and info.is_main)
     if cfg.model.vocab_size != tokenizer.vocab_size:
         log(f"model.vocab_size {cfg.model.vocab_size} -> {tokenizer.vocab_size} (the tokenizer's)")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
-    data = prepare_data(cfg.data, tokenizer, show_progress=cfg.train.progress)
     loader = BatchLoader(data, block_size=cfg.model.block_size, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(dump_toml(cfg))
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(dump_toml(cfg))
     run_config = {"stage": "pretrain", "model": to_dict(cfg.model), "run": to_dict(cfg),
                   "tokenizer_fingerprint": tokenizer.fingerprint}
     log(f"model: {model.num_params() / 1e6:.2f}M parameters, {cfg.model.n_layer} layers, d={cfg.model.n_embd}, "
         f"T={cfg.model.block_size}; run dir {run_dir}")
     task = NextTokenTask(loader, data, tokenizer, cfg)
     result = train(model, task, cfg.train, run_dir, run_config, tokenizer_path=tokenizer_path(cfg), resume=resume)
-    if result.checkpoint is not None and result.evals:
+    if info.is_main and result.checkpoint is not None and result.evals:
         write_pretrain_report(cfg, result, data, tokenizer)
     return result
+
+
+def _quiet(*args, **kwargs) -> None:
+    """Log sink for ranks other than 0."""
 
 
 def corpus_compression(tok: Tokenizer, data: DataConfig, chars: int = 200_000) -> list[dict[str, Any]]:

@@ -85,6 +85,16 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     return DistInfo(rank, local_rank, world), device
 
 
+@contextlib.contextmanager
+def rank_zero_first(info: DistInfo):
+    """Run the body on rank 0 first (e.g. tokenizing into a shared cache), then on the other ranks."""
+    if info.enabled and not info.is_main:
+        dist.barrier()
+    yield
+    if info.enabled and info.is_main:
+        dist.barrier()
+
+
 def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
     if not info.enabled:
         return value

@@ -18,5 +18,6 @@ cfg = TrainConfig(max_steps=6, micro_batch_size=4, batch_tokens=4 * 32 * 2, lr=3
 res = train(model, StreamTask(pattern_stream(), 32), cfg, run_dir, {"stage": "test"})
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
-json.dump({"losses": res.losses, "accum": res.grad_accum, "weight_sum": sum(p.sum().item() for p in model.parameters())},
+weight_sum = sum(p.sum().item() for p in model.parameters())
+json.dump({"losses": res.losses, "accum": res.grad_accum, "weight_sum": weight_sum},
           open(out, "w"))

@@ -80,3 +80,15 @@ def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "gptrecipe", "pretrain", "--model", "gpt3-175b", "--print-config"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "n_embd = 12288" in out.stdout
+
+
+def test_pretrain_under_torchrun_two_processes(tmp_path, corpus):
+    """`torchrun -m gptrecipe pretrain`: rank 0 tokenizes first, both train with DDP (gloo), rank 0 reports."""
+    args = pretrain_args(tmp_path, corpus, 4, "train.eval_every=4", "train.checkpoint_every=4")
+    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "gptrecipe", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["world_size"] == 2 and [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert (tmp_path / "cli" / "report.md").exists()
