@@ -10,6 +10,7 @@ STAGES_HELP = """stages, in recipe order:
   tokenizer   train / use the byte-level BPE tokenizer (train, encode, decode, stats)
   pretrain    pretrain a GPT on a weighted text mixture (next-token prediction)
   sample      sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming)
+  sft         supervised fine-tuning for chat on conversations (loss on the assistant's tokens)
   run         the main job: tokenizer -> pretrain -> samples -> run report, on the default corpus
 
 Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
@@ -98,6 +99,35 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _add_sft(sub) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning for chat (loss on assistant tokens only)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Fine-tune a pretrained checkpoint on conversations.\n\n"
+                       "Data: JSONL of {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"response\"},\n"
+                       "or builtin:chatterbot. Example:\n"
+                       "  gptrecipe sft --init runs/speedrun/pretrain --data chats.jsonl train.max_steps=500")
+    p.add_argument("--init", help="pretrained checkpoint or run dir to start from")
+    p.add_argument("--data", help="conversations JSONL or builtin:chatterbot")
+    p.add_argument("--config", help="SFT preset (configs/sft/) or TOML path")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
+    p.set_defaults(func=_run_sft)
+
+
+def _run_sft(args) -> int:
+    from .sft import load_sft_config, sft
+
+    overrides = list(args.overrides)
+    overrides += [f"init={args.init}"] if args.init else []
+    overrides += [f"data={args.data}"] if args.data else []
+    cfg = load_sft_config(args.config, overrides)
+    result = sft(cfg, resume=args.resume)
+    if result.evals:
+        print(f"done: step {result.final_step}, val loss {result.evals[-1]['val_loss']:.4f}, "
+              f"report {cfg.run_dir / 'report.md'}")
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: every stage on the default corpus, ending in a report",
                        description="Train a tokenizer, pretrain a tiny model on the default mixture "
@@ -128,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokenizer(sub)
     _add_pretrain(sub)
     _add_sample(sub)
+    _add_sft(sub)
     _add_run(sub)
     return parser
 

@@ -1,6 +1,6 @@
 """The main job: every stage built so far, on the embedded default corpus, ending in one run report.
 
-    gptrecipe run            # tokenizer -> pretrain (tiny) -> samples -> runs/speedrun/report.md
+    gptrecipe run       # tokenizer -> pretrain (tiny) -> samples -> SFT on dialogues -> runs/speedrun/report.md
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from pathlib import Path
 
 from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
 from .report import environment, md_table, write_markdown
+from .sft import load_sft_config, sft
 
 
-def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun",
+def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun", sft_preset: str = "tiny",
                  out_dir: str = "runs", resume: bool = False, log=print) -> Path:
     """Run the stages in order under out_dir/name and return the path of report.md."""
     root = Path(out_dir) / name
@@ -22,18 +23,26 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
-    log("== stage 1/2: tokenizer")
+    log("== stage 1/3: tokenizer")
     t = time.perf_counter()
     tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
     timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
     stats = corpus_compression(tok, cfg.data)
 
-    log("== stage 2/2: pretraining")
+    log("== stage 2/3: pretraining")
     t = time.perf_counter()
     result = pretrain(cfg, resume=resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
 
+    log("== stage 3/3: supervised fine-tuning for chat")
+    t = time.perf_counter()
+    sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}"])
+    sft_result = sft(sft_cfg, resume=resume, log=log)
+    timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
+
     first, last = result.evals[0], result.evals[-1]
+    s_first, s_last = sft_result.evals[0], sft_result.evals[-1]
+    replies = [s["sample"] for s in sft_result.samples if s["step"] == sft_result.final_step]
     pre = cfg.run_dir
     samples = [s for s in result.samples if s["step"] == result.final_step]
     sections = [
@@ -43,10 +52,14 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
             {"stage": "pretrain", "result": f"{result.final_step} steps, val loss {first['val_loss']:.3f} "
              f"(step {first['step']}) -> {last['val_loss']:.3f} (step {last['step']}), "
              f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
+            {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues, val loss on "
+             f"assistant tokens {s_first['val_loss']:.3f} (step {s_first['step']}) -> {s_last['val_loss']:.3f}"},
         ])),
         ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
                        f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
         ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
+        ("Chat replies of the SFT model", "".join(f"```\n{r}\n```\n" for r in replies)
+         + "\nSFT details: [sft/report.md](sft/report.md), ![sft loss](sft/loss.png)\n"),
         ("Tokenizer compression", md_table(stats, ["corpus", "bytes", "tokens", "bytes_per_token"])),
         ("Stage timings", md_table(timings)),
         ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),

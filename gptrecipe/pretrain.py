@@ -165,6 +165,20 @@ def _quiet(*args, **kwargs) -> None:
     """Log sink for ranks other than 0."""
 
 
+def _samples_md(samples: list[dict[str, Any]]) -> str:
+    """Final samples in full, and how the first prompt's sample changed over training."""
+    if not samples:
+        return "(none)\n"
+    last = samples[-1]["step"]
+    steps = sorted({s["step"] for s in samples})
+    first_per_step = [next(s for s in samples if s["step"] == st) for st in steps]
+    out = "".join(f"```\n{s['sample']}\n```\n\n" for s in samples if s["step"] == last)
+    if len(steps) > 1:
+        out += "During training (first prompt):\n\n" + md_table(
+            [{"step": s["step"], "sample": s["sample"][:160]} for s in first_per_step])
+    return out
+
+
 def corpus_compression(tok: Tokenizer, data: DataConfig, chars: int = 200_000) -> list[dict[str, Any]]:
     """Bytes per token of the tokenizer on (the first `chars` of) each corpus."""
     stats = []
@@ -205,7 +219,7 @@ def write_pretrain_report(cfg: PretrainConfig, result: TrainResult, data: Prepar
         ("Tokenizer", f"{tok.vocab_size} tokens, `{cfg.tokenizer.path}`\n\n"
                       + md_table(stats, ["corpus", "bytes_per_token", "chars_per_token"])),
         ("Model", md_table([{"field": k, "value": v} for k, v in to_dict(cfg.model).items()])),
-        ("Samples", "\n".join(f"step {s['step']}:\n\n```\n{s['sample']}\n```\n" for s in result.samples[-4:])),
+        ("Samples", _samples_md(result.samples)),
         ("Checkpoint", f"`{result.checkpoint}`\n"),
     ]
     return write_markdown(run_dir / "report.md", f"Pretraining run `{cfg.name}`", sections)

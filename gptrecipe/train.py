@@ -167,6 +167,11 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and info.is_main),
                desc=run_dir.name, dynamic_ncols=True)
     step_times: list[float] = []
+    if start_step == 0 and cfg.eval_every and cfg.max_steps > 0:  # the curve starts at the untrained model
+        ev = _evaluate(model, task, cfg, device, dtype, info)
+        if info.is_main:
+            metrics.write({"step": 0, **ev})
+            result.evals.append({"step": 0, **ev})
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
         lr = lr_at(step, cfg)
@@ -269,6 +274,10 @@ def _restore(model, optimizer, ckpt_root: Path, run_config: dict[str, Any], devi
     except ckpt_lib.CheckpointError:
         return 0  # nothing saved yet: --resume on a fresh run simply starts
     saved = ckpt_lib.read_config(path)
+    fp_saved, fp_now = saved.get("tokenizer_fingerprint"), run_config.get("tokenizer_fingerprint")
+    if fp_saved and fp_now and fp_saved != fp_now:
+        raise ckpt_lib.CheckpointError(f"checkpoint {path} was trained with another tokenizer "
+                                       f"(fingerprint {fp_saved[:12]} vs {fp_now[:12]}); start a new run instead")
     if "model" in run_config:
         from .model import GPTConfig
 

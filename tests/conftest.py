@@ -45,3 +45,13 @@ def tiny_config(**kw) -> GPTConfig:
 def tiny_model() -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def small_tok():
+    """A real BPE tokenizer (with the chat special tokens) trained in a fraction of a second."""
+    from gptrecipe.tokenizer import Tokenizer
+
+    text = ("Hello! How are you? I am fine, thank you. What is AI? Artificial intelligence is the study of "
+            "machines that think. Tell me a joke. Why did the chicken cross the road? ") * 50
+    return Tokenizer.train([text], 400, show_progress=False)

@@ -49,7 +49,8 @@ def test_pretraining_loop_learns(tmp_path):
     assert first > 5.0 and last < 2.0, (first, last)
     assert res.evals[-1]["val_loss"] < 2.0
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "tok_per_s", "mfu", "grad_norm"} <= set(rows[1])
+    assert rows[1]["step"] == 0 and rows[1]["val_loss"] > 5.0  # evaluated before the first step
+    assert {"loss", "lr", "tok_per_s", "mfu", "grad_norm"} <= set(rows[2])
     assert (tmp_path / "checkpoints" / "step_0000060" / "model.safetensors").exists()
 
 
@@ -133,3 +134,20 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     for s in a["losses"]:
         assert b["losses"][s] == pytest.approx(a["losses"][s], abs=1e-5)
     assert b["weight_sum"] == pytest.approx(a["weight_sum"], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_tokenizer(tmp_path):
+    task = StreamTask(pattern_stream(), 32)
+    train(fresh_model(), task, cfg(max_steps=2), tmp_path, {"tokenizer_fingerprint": "aaaa"})
+    with pytest.raises(CheckpointError, match="another tokenizer"):
+        train(fresh_model(), task, cfg(max_steps=4), tmp_path, {"tokenizer_fingerprint": "bbbb"}, resume=True)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    """Mixed precision path (bf16 autocast on CPU): finite losses that fall like fp32's."""
+    task = StreamTask(pattern_stream(), 32)
+    res = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="bf16"), tmp_path, {})
+    ref = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="fp32"), tmp_path / "ref", {})
+    assert all(torch.isfinite(torch.tensor(v)) for v in res.losses.values())
+    assert res.losses[30] < res.losses[1] - 2.0
+    assert abs(res.losses[30] - ref.losses[30]) / ref.losses[30] < 0.05
