@@ -6,11 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
 STAGES_HELP = """stages, in recipe order:
   tokenizer   train / use the byte-level BPE tokenizer (train, encode, decode, stats)
   pretrain    pretrain a GPT on a weighted text mixture (next-token prediction)
   sample      sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming)
   sft         supervised fine-tuning for chat on conversations (loss on the assistant's tokens)
+  rank        comparison data: sample K responses per prompt, ranked by you or by a labeler
+  rm          reward model on rankings (pairwise or listwise loss); `rm score` scores responses
   run         the main job: tokenizer -> pretrain -> samples -> run report, on the default corpus
 
 Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
@@ -128,6 +133,76 @@ def _run_sft(args) -> int:
     return 0
 
 
+def _add_rank(sub) -> None:
+    p = sub.add_parser("rank", help="sample K responses per prompt and rank them (you, or a labeler)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Comparison data for the reward model: for each prompt, sample K responses "
+                       "from a model and rank them best to worst.\nEvery ranked prompt is saved at once; "
+                       "run again to resume.\n\nExamples:\n"
+                       "  gptrecipe rank runs/speedrun/sft --prompts my_prompts.txt -k 4          # rank by hand\n"
+                       "  gptrecipe rank runs/speedrun/sft --labeler builtin:positivity --max-prompts 200\n"
+                       "  gptrecipe rank runs/speedrun/sft --labeler mypkg.prefs:score          # your function")
+    p.add_argument("model", help="checkpoint (or run dir) to sample from")
+    p.add_argument("--prompts", default="builtin:chatterbot", help=".txt (one per line), .jsonl or builtin:chatterbot")
+    p.add_argument("--out", default="runs/rankings.jsonl", help="rankings JSONL (appended to)")
+    p.add_argument("-k", type=int, default=4, help="responses per prompt (4..9 as InstructGPT)")
+    p.add_argument("--labeler", default="human",
+                   help="human (terminal), builtin:positivity, or package.module:function(prompt, responses)->scores")
+    p.add_argument("--max-prompts", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_rank)
+
+
+def _run_rank(args) -> int:
+    from .rank import RankConfig, rank
+    from .sample import SamplingConfig
+
+    cfg = RankConfig(model=args.model, prompts=args.prompts, out=args.out, k=args.k, labeler=args.labeler,
+                     max_prompts=args.max_prompts,
+                     sample=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                           seed=args.seed))
+    out = rank(cfg)
+    print(f"rankings: {out}")
+    return 0
+
+
+def _add_rm(sub) -> None:
+    p = sub.add_parser("rm", help="train a reward model on rankings, or `rm score CKPT --data F`",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Reward model: the SFT transformer with a scalar head, trained on rankings "
+                       "({prompt, responses: [best..worst]} or {prompt, chosen, rejected}).\n\nExamples:\n"
+                       "  gptrecipe rm --init runs/speedrun/sft --data rankings.jsonl loss=listwise\n"
+                       "  gptrecipe rm score runs/rm --data pairs.jsonl     # {prompt, response} -> reward")
+    p.add_argument("--init", help="SFT checkpoint to start from")
+    p.add_argument("--data", help="rankings JSONL (train) or {prompt, response} JSONL (score)")
+    p.add_argument("--config", help="RM preset (configs/rm/) or TOML path")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE | score CKPT",
+                   help="config overrides; or `score CHECKPOINT` to score --data")
+    p.set_defaults(func=_run_rm)
+
+
+def _run_rm(args) -> int:
+    from .rm import load_rm_config, score_file, train_reward_model
+
+    if args.overrides[:1] == ["score"]:
+        if len(args.overrides) != 2 or not args.data:
+            raise ConfigError("usage: gptrecipe rm score CHECKPOINT --data pairs.jsonl")
+        score_file(args.overrides[1], args.data, out=sys.stdout)
+        return 0
+    overrides = list(args.overrides)
+    overrides += [f"init={args.init}"] if args.init else []
+    overrides += [f"data={args.data}"] if args.data else []
+    cfg = load_rm_config(args.config, overrides)
+    result = train_reward_model(cfg, resume=args.resume)
+    if result.evals:
+        print(f"done: held-out pairwise accuracy {result.evals[-1]['val_accuracy']:.3f}, "
+              f"report {cfg.run_dir / 'report.md'}")
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: every stage on the default corpus, ending in a report",
                        description="Train a tokenizer, pretrain a tiny model on the default mixture "
@@ -159,13 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_sample(sub)
     _add_sft(sub)
+    _add_rank(sub)
+    _add_rm(sub)
     _add_run(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)

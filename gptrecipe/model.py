@@ -252,8 +252,12 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, dtype, pad)
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay matrices (Linear weights, embeddings); not biases or LayerNorm gains."""
-        params = {id(p): p for p in self.parameters() if p.requires_grad}.values()
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return optimizer_groups(self, weight_decay)
+
+
+def optimizer_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices (Linear weights, embeddings); not biases or LayerNorm gains."""
+    params = {id(p): p for p in module.parameters() if p.requires_grad}.values()
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

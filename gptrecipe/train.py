@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_lib
+from .model import optimizer_groups
 from .runtime import DistInfo, all_reduce_mean, autocast, init_distributed, measure_peak_flops, pick_dtype
 
 
@@ -143,7 +144,7 @@ def train(
     accum = grad_accum_steps(cfg, task.tokens_per_row, info.world_size)
     ckpt_root = run_dir / "checkpoints"
 
-    decay_groups = ckpt_lib.unwrap(model).optimizer_groups(cfg.weight_decay)
+    decay_groups = optimizer_groups(ckpt_lib.unwrap(model), cfg.weight_decay)
     optimizer = torch.optim.AdamW(decay_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                   fused=device.type == "cuda")
     start_step = 0
