@@ -1,22 +1,33 @@
 """Byte-level BPE tokenizer: trained by Hugging Face `tokenizers`, encoded fast by `tiktoken`.
 
-Text is split by the GPT-4 pre-tokenization regex, each piece is taken as UTF-8 bytes, and the most
-frequent adjacent pairs are merged until the vocabulary is full. Every byte is in the base alphabet,
-so any string (Chinese, emoji, invalid surrogates aside) round-trips: decode(encode(s)) == s.
+Text is cut into pieces by the GPT-4 pre-tokenization regex, each piece is taken as UTF-8 bytes, and the
+most frequent adjacent pairs are merged until the vocabulary is full. All 256 bytes are in the base
+alphabet, so every string round-trips: decode(encode(s)) == s (Chinese, emoji, anything).
 
-The trained merges are saved as a standard `tokenizer.json` (loadable by `tokenizers.Tokenizer.from_file`
-and by `transformers`). For speed the same merge ranks drive a `tiktoken.Encoding`; the HF model is
-rebuilt from those ranks with `ignore_merges=True` so both encoders give identical ids by construction.
+Ids: the 16 special tokens first (0..15), then the 256 single bytes, then one token per merge, in merge
+order. The result is saved as a standard `tokenizer.json` (`tokenizers.Tokenizer.from_file` loads it).
+
+Two encoders, identical ids:
+- `tiktoken` (fast, multi-threaded batches) ranks a token by its id and, inside a piece, repeatedly merges
+  the adjacent pair whose concatenation has the lowest id;
+- HF `tokenizers` applies an explicit merge list in order.
+These agree when each multi-byte token's merge is the pair that tiktoken's own BPE, run on the token's
+bytes with lower-ranked tokens only, ends with ("canonical" merge) and every token has one. Training may
+not give that (the HF trainer can reach one token by two different merges), so after training the HF
+tokenizer is rebuilt from the ranks with the canonical merges, dropping any token that has none. Loading
+checks the same property, so a file that would make the encoders disagree is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from functools import cached_property
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import tiktoken
@@ -24,7 +35,8 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trai
 from tokenizers import Tokenizer as HFTokenizer
 
 GPT4_SPLIT_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
+    r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
 
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -33,25 +45,27 @@ SPECIAL_TOKENS: tuple[str, ...] = (
     "<|system|>",  # chat turns (SFT): system / user / assistant, each closed by <|end|>
     "<|user|>",
     "<|assistant|>",
-    "<|end|>",
+    "<|end|>",  # end of turn
     "<|reward|>",  # reward-model readout token, appended after a completion
     *(f"<|reserved_{i}|>" for i in range(9)),
 )
+N_BYTES = 256
+MIN_VOCAB_SIZE = N_BYTES + len(SPECIAL_TOKENS) + 1  # at least one merge
 
 
 class TokenizerError(ValueError):
-    """A tokenizer file or request that cannot be used; the message names the file or value."""
+    """A tokenizer file or request that cannot be used; the message names the file or the value."""
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from the 256 byte values to printable characters (the byte-level 'alphabet')."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    """GPT-2's map from the 256 byte values to printable characters (how byte-level BPE spells bytes)."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
-    for b in range(256):
+    for b in range(N_BYTES):
         if b not in bs:
             bs.append(b)
-            cs.append(256 + n)
+            cs.append(N_BYTES + n)
             n += 1
     return dict(zip(bs, map(chr, cs), strict=True))
 
@@ -60,55 +74,129 @@ BYTE_TO_CHAR = bytes_to_unicode()
 CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
 
 
-def _recover_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
-    """For each multi-byte token (by rank), the pair tiktoken's BPE would merge to produce it."""
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) == 1:
-            continue
-        parts = [token[i:i + 1] for i in range(len(token))]
-        while len(parts) > 2:  # run BPE on the token's bytes with only the ranks below its own
-            best = None
-            for i in range(len(parts) - 1):
-                r = ranks.get(parts[i] + parts[i + 1])
-                if r is not None and r < rank and (best is None or r < best[0]):
-                    best = (r, i)
-            if best is None:
-                break
-            i = best[1]
-            parts[i:i + 2] = [parts[i] + parts[i + 1]]
-        if len(parts) == 2:
-            merges.append((parts[0], parts[1]))
-    return merges
+def _spell(token: bytes) -> str:
+    """Bytes -> the HF byte-level vocabulary string."""
+    return "".join(BYTE_TO_CHAR[b] for b in token)
 
 
-def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int]) -> HFTokenizer:
-    vocab = {"".join(BYTE_TO_CHAR[b] for b in tok): i for tok, i in ranks.items()}
-    vocab.update(specials)  # in the model's vocab too, so add_special_tokens keeps these ids
-    merges = [("".join(BYTE_TO_CHAR[b] for b in a), "".join(BYTE_TO_CHAR[b] for b in b_)) for a, b_ in
-              _recover_merges(ranks)]
-    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
-    hf.pre_tokenizer = pre_tokenizers.Sequence([
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    return pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
+
+
+# ---- merges <-> ranks -----------------------------------------------------------------------------------
+
+
+def _bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """tiktoken's BPE on the bytes of `token`, using only tokens ranked below `max_rank`."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 1:
+        best_rank, best_i = max_rank, -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1], max_rank)
+            if r < best_rank:
+                best_rank, best_i = r, i
+        if best_i < 0:
+            break
+        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+def canonical_merges(ranks: dict[bytes, int]) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The canonical merge of every multi-byte token, in rank order, and the tokens that have none."""
+    merges, orphans = [], []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            parts = _bpe(ranks, token, rank)
+            if len(parts) == 2:
+                merges.append((parts[0], parts[1]))
+            else:
+                orphans.append(token)
+    return merges, orphans
+
+
+def consistent_ranks(ranks: dict[bytes, int], first_id: int) -> dict[bytes, int]:
+    """Drop tokens without a canonical merge (until none is left), then renumber from `first_id` in order."""
+    ranks = dict(ranks)
+    while True:
+        _, orphans = canonical_merges(ranks)
+        if not orphans:
+            break
+        for token in orphans:
+            del ranks[token]
+    order = sorted(ranks, key=ranks.__getitem__)
+    return {token: first_id + i for i, token in enumerate(order)}
+
+
+def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int]) -> HFTokenizer:
+    """An HF tokenizer that encodes exactly like tiktoken does with these ranks."""
+    merges, orphans = canonical_merges(ranks)
+    assert not orphans, "call consistent_ranks first"
+    vocab = {_spell(token): i for token, i in ranks.items()}
+    vocab.update(specials)  # in the model's vocab too, so the specials keep their ids
+    # ignore_merges: a piece that is itself a token is that token, as in tiktoken
+    model = models.BPE(vocab=vocab, merges=[(_spell(a), _spell(b)) for a, b in merges], ignore_merges=True)
+    hf = HFTokenizer(model)
+    hf.pre_tokenizer = _pre_tokenizer()
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False)
-                           for s, _ in sorted(specials.items(), key=lambda kv: kv[1])])
+                           for s in sorted(specials, key=specials.__getitem__)])
     return hf
 
 
-class Tokenizer:
-    """The project's tokenizer: HF `tokenizers` object for files/training, tiktoken for speed."""
+def _is_our_pre_tokenizer(pre) -> bool:
+    try:
+        split, byte_level = pre["pretokenizers"]
+        return (pre["type"] == "Sequence" and split["type"] == "Split" and split["behavior"] == "Isolated"
+                and split["pattern"] == {"Regex": GPT4_SPLIT_PATTERN} and not split.get("invert")
+                and byte_level["type"] == "ByteLevel" and not byte_level.get("add_prefix_space")
+                and not byte_level.get("use_regex"))
+    except (TypeError, KeyError, ValueError):
+        return False
 
-    def __init__(self, hf: HFTokenizer, source: str = "<memory>"):
+
+def _check_file(config: dict, ranks: dict[bytes, int], where: str) -> None:
+    """Refuse a tokenizer.json on which tiktoken and the HF tokenizer would give different ids."""
+    model = config["model"]
+    extras = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
+    if not model.get("ignore_merges") or any(model.get(k) for k in extras):
+        raise TokenizerError(f"{where}: BPE options differ from tiktoken's BPE (need ignore_merges=true "
+                             f"and none of {', '.join(extras)})")
+    if not _is_our_pre_tokenizer(config.get("pre_tokenizer")):
+        raise TokenizerError(f"{where}: pre-tokenizer is not the GPT-4 split regex followed by ByteLevel")
+    if config.get("normalizer") is not None:
+        raise TokenizerError(f"{where}: a normalizer is set; byte-level BPE must see the raw text")
+    merges, orphans = canonical_merges(ranks)
+    if orphans:
+        raise TokenizerError(f"{where}: {len(orphans)} tokens (e.g. {orphans[0]!r}) have no canonical merge")
+    stored = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges", [])]
+    if stored != [(_spell(a), _spell(b)) for a, b in merges]:
+        raise TokenizerError(f"{where}: merges are not the canonical merges of the vocabulary ranks "
+                             "(not written by gptrecipe; re-train with `gptrecipe tokenizer train`)")
+
+
+# ---- the tokenizer --------------------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """The project's tokenizer: the HF object (file format, training, reference) plus tiktoken (speed).
+
+    Attributes: `hf` (tokenizers.Tokenizer) and `tt` (tiktoken.Encoding) encode to the same ids.
+    """
+
+    def __init__(self, hf: HFTokenizer, *, source: str = "<memory>", fingerprint: str | None = None,
+                 config: dict | None = None):
+        """Wrap an HF byte-level BPE tokenizer; with `config` (its parsed JSON) check it first."""
         self.hf = hf
         self.source = source
+        self._fingerprint = fingerprint
         vocab = hf.get_vocab(with_added_tokens=True)
-        self.specials = {s: vocab[s] for s in SPECIAL_TOKENS if s in vocab}
         missing = [s for s in SPECIAL_TOKENS if s not in vocab]
         if missing:
-            raise TokenizerError(f"{source}: tokenizer lacks special tokens {missing}")
+            raise TokenizerError(f"{source}: tokenizer lacks the special tokens {', '.join(missing)}")
+        self.specials = {s: vocab[s] for s in SPECIAL_TOKENS}
         ranks: dict[bytes, int] = {}
         for text, i in vocab.items():
             if text in self.specials:
@@ -116,204 +204,305 @@ class Tokenizer:
             try:
                 ranks[bytes(CHAR_TO_BYTE[c] for c in text)] = i
             except KeyError:
-                raise TokenizerError(f"{source}: token {text!r} is not byte-level BPE") from None
+                raise TokenizerError(f"{source}: token {text!r} is not a byte-level BPE token") from None
+        n_single = sum(len(t) == 1 for t in ranks)
+        if n_single != N_BYTES:
+            raise TokenizerError(f"{source}: vocabulary has {n_single} of the 256 single-byte tokens")
+        if config is not None:
+            _check_file(config, ranks, source)
         self.tt = tiktoken.Encoding(name=f"gptrecipe-{len(vocab)}", pat_str=GPT4_SPLIT_PATTERN,
                                     mergeable_ranks=ranks, special_tokens=self.specials)
-        self._ranks = ranks
+        self._hf_text: HFTokenizer | None = None  # lazily: a copy that reads special-token strings as text
 
-    # ---- construction -------------------------------------------------------------------------
+    # ---- construction ---------------------------------------------------------------------------------
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, *, show_progress: bool = True) -> Tokenizer:
-        """Learn byte-level BPE merges from `texts` until the vocabulary has `vocab_size` tokens."""
-        minimum = 256 + len(SPECIAL_TOKENS) + 1
-        if vocab_size < minimum:
-            raise TokenizerError(f"vocab_size {vocab_size} is too small: byte-level BPE needs at least {minimum} "
-                                 f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens + 1 merge)")
-        seen = {"chars": 0}
+        """Learn byte-level BPE merges from `texts` until the vocabulary has `vocab_size` tokens.
 
-        def counted():
-            for t in texts:
-                seen["chars"] += len(t)
-                yield t
+        The vocabulary can come out smaller when the text has too few pairs seen twice or more.
+        """
+        if isinstance(texts, str | bytes):
+            raise TokenizerError("train() takes an iterable of documents, not a single string: use [text]")
+        if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+            raise TokenizerError(f"vocab_size {vocab_size!r} is too small: byte-level BPE needs at least "
+                                 f"{MIN_VOCAB_SIZE} (256 bytes + {len(SPECIAL_TOKENS)} specials + 1 merge)")
+        n_chars = 0
+
+        def counted() -> Iterator[str]:
+            nonlocal n_chars
+            for i, text in enumerate(texts):
+                if not isinstance(text, str):
+                    raise TokenizerError(f"training text #{i} is a {type(text).__name__}, not a str")
+                n_chars += len(text)
+                yield text
 
         hf = HFTokenizer(models.BPE())
-        hf.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=show_progress)
+        hf.pre_tokenizer = _pre_tokenizer()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=show_progress,
+                                      special_tokens=list(SPECIAL_TOKENS),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         hf.train_from_iterator(counted(), trainer)
-        if seen["chars"] == 0:
-            raise TokenizerError("cannot train a tokenizer on an empty corpus")
+        if n_chars == 0:
+            raise TokenizerError("cannot train a tokenizer on an empty corpus (no text)")
         vocab = hf.get_vocab()
         specials = {s: vocab[s] for s in SPECIAL_TOKENS}
         ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for t, i in vocab.items() if t not in specials}
+        ranks = consistent_ranks(ranks, first_id=len(SPECIAL_TOKENS))
         return cls(_hf_from_ranks(ranks, specials))
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
+        """Load a tokenizer.json written by `save` (checked: both encoders must agree on it)."""
         path = Path(path)
-        if not path.is_file():
-            raise TokenizerError(f"tokenizer file not found: {path}")
         try:
-            hf = HFTokenizer.from_file(str(path))
-        except Exception as e:  # tokenizers raises plain Exception on bad JSON
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise TokenizerError(f"tokenizer file not found: {path}") from None
+        except OSError as e:
+            raise TokenizerError(f"cannot read tokenizer file {path}: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+            config = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise TokenizerError(f"{path}: not a valid tokenizer.json ({e})") from None
-        return cls(hf, source=str(path))
+        if not isinstance(config, dict) or (config.get("model") or {}).get("type") != "BPE":
+            raise TokenizerError(f"{path}: not a BPE tokenizer.json")
+        try:
+            hf = HFTokenizer.from_str(text)
+        except Exception as e:  # tokenizers raises a plain Exception on a bad file
+            raise TokenizerError(f"{path}: not a valid tokenizer.json ({e})") from None
+        return cls(hf, source=str(path), fingerprint=hashlib.sha256(raw).hexdigest(), config=config)
 
     def save(self, path: str | Path) -> None:
+        """Write tokenizer.json atomically (temp file in the same folder, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(self.hf.to_str(pretty=False))
-        os.replace(tmp, path)
+        data = self.hf.to_str(pretty=False).encode("utf-8")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         self.source = str(path)
+        self._fingerprint = hashlib.sha256(data).hexdigest()
 
-    # ---- use ---------------------------------------------------------------------------------
+    # ---- properties -----------------------------------------------------------------------------------
 
     @property
     def vocab_size(self) -> int:
+        """Number of ids (special tokens included); ids are 0..vocab_size-1."""
         return self.tt.n_vocab
 
     @property
     def eot_id(self) -> int:
+        """Id of <|endoftext|>, the document separator."""
         return self.specials["<|endoftext|>"]
 
-    @cached_property
+    @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(self.hf.to_str(pretty=False).encode()).hexdigest()
+        """sha256 of the tokenizer.json content (a cache key for tokenized data)."""
+        if self._fingerprint is None:
+            self._fingerprint = hashlib.sha256(self.hf.to_str(pretty=False).encode("utf-8")).hexdigest()
+        return self._fingerprint
 
     def id_of(self, special: str) -> int:
+        """Id of a special token such as "<|end|>"."""
         if special not in self.specials:
             raise TokenizerError(f"unknown special token {special!r}; known: {', '.join(self.specials)}")
         return self.specials[special]
 
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
+
+    # ---- encode / decode ------------------------------------------------------------------------------
+
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
-        """Text -> ids. Special-token strings in `text` are plain text unless allow_special."""
+        """Text -> ids. Special-token strings in `text` are plain text unless allow_special=True.
+
+        Lone surrogates (not valid Unicode) are encoded as U+FFFD, as tiktoken does.
+        """
         if allow_special:
             return self.tt.encode(text, allowed_special="all")
         return self.tt.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 0) -> list[list[int]]:
-        """Many texts at once on `num_threads` threads (0 = all cores); specials are plain text."""
+        """Many texts on `num_threads` threads (0 = all cores); special-token strings are plain text."""
         return self.tt.encode_ordinary_batch(texts, num_threads=num_threads or os.cpu_count() or 1)
 
-    def encode_hf(self, text: str) -> list[int]:
-        """The same ids through the HF tokenizer (reference path; parses special-token strings)."""
-        return self.hf.encode(text, add_special_tokens=False).ids
+    def encode_hf(self, text: str, *, allow_special: bool = False) -> list[int]:
+        """The same ids through the HF tokenizer (the slower reference path)."""
+        if allow_special:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        if self._hf_text is None:
+            hf = HFTokenizer.from_str(self.hf.to_str())
+            hf.encode_special_tokens = True  # "<|endoftext|>" in the text is text, as in `encode`
+            self._hf_text = hf
+        return self._hf_text.encode(text, add_special_tokens=False).ids
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
-        return self.tt.decode_bytes(list(ids))
+        """Ids -> raw bytes (a streamed piece may end inside a multi-byte character)."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy arrays, torch tensors
+        try:
+            return self.tt.decode_bytes(ids)
+        except (KeyError, OverflowError, TypeError) as e:
+            bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < self.vocab_size)][:5]
+            raise TokenizerError(f"cannot decode ids {bad or ids[:5]}: valid ids are "
+                                 f"0..{self.vocab_size - 1} ({e})") from None
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text; a cut multi-byte character (mid-stream) shows as U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
 
-def compression_stats(tok: Tokenizer, texts: Iterable[str]) -> dict[str, float | int]:
-    texts = list(texts)
-    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    n_chars = sum(len(t) for t in texts)
-    n_tokens = sum(len(ids) for ids in tok.encode_batch(texts))
-    return {"bytes": n_bytes, "chars": n_chars, "tokens": n_tokens,
-            "bytes_per_token": n_bytes / max(1, n_tokens), "chars_per_token": n_chars / max(1, n_tokens)}
+def compression_stats(tok: Tokenizer, texts: Iterable[str]) -> dict:
+    """Bytes, chars and tokens of `texts`, and bytes/token and chars/token."""
+    n_bytes = n_chars = n_tokens = 0
+    batch: list[str] = []
+
+    def flush() -> None:
+        nonlocal n_tokens
+        n_tokens += sum(map(len, tok.encode_batch(batch)))
+        batch.clear()
+
+    for text in texts:
+        n_bytes += len(text.encode("utf-8", errors="surrogatepass"))
+        n_chars += len(text)
+        batch.append(text)
+        if len(batch) >= 256:
+            flush()
+    flush()
+    return {"bytes": n_bytes, "tokens": n_tokens, "chars": n_chars,
+            "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0,
+            "chars_per_token": n_chars / n_tokens if n_tokens else 0.0}
 
 
-# ---- command line -------------------------------------------------------------------------------
+# ---- command line: gptrecipe tokenizer train|encode|decode|stats ---------------------------------------
 
-DEFAULT_INPUTS = ["builtin:shakespeare", "builtin:kjv", "builtin:chatterbot"]
+DEFAULT_INPUTS = ("builtin:shakespeare", "builtin:kjv", "builtin:chatterbot")
 
 
-def _texts(sources: list[str], max_chars: int) -> Iterable[str]:
-    """Documents from the sources, sharing `max_chars` evenly among them."""
-    from .data import read_documents
+def read_texts(sources: Sequence[str], max_chars: int) -> Iterator[str]:
+    """Documents of the sources, at most `max_chars` in all, shared evenly (unused shares pass on)."""
+    from .data.readers import read_documents
 
-    per_source = max_chars // max(1, len(sources))
-    for src in sources:
-        budget = per_source
+    left = max_chars
+    for k, src in enumerate(sources):
+        budget = left // (len(sources) - k)
+        if budget <= 0:
+            continue
         for doc in read_documents(src):
-            yield doc[:budget]
+            doc = doc[:budget]
             budget -= len(doc)
+            left -= len(doc)
+            yield doc
             if budget <= 0:
                 break
 
 
-def _cmd_train(args) -> int:
-    sources = args.input or DEFAULT_INPUTS
-    tok = Tokenizer.train(_texts(sources, args.max_chars), args.vocab_size, show_progress=sys.stderr.isatty())
+def _cmd_train(args: argparse.Namespace) -> int:
+    sources = args.input or list(DEFAULT_INPUTS)
+    n_chars = 0
+
+    def texts() -> Iterator[str]:
+        nonlocal n_chars
+        for doc in read_texts(sources, args.max_chars):
+            n_chars += len(doc)
+            yield doc
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(texts(), args.vocab_size, show_progress=sys.stderr.isatty())
     tok.save(args.out)
-    print(f"saved {tok.vocab_size}-token tokenizer to {args.out} (trained on {', '.join(sources)})")
+    print(f"trained a {tok.vocab_size:,}-token tokenizer on {n_chars:,} chars of {', '.join(sources)} "
+          f"in {time.perf_counter() - t0:.1f} s -> {args.out}")
     return 0
 
 
-def _read_arg_or_stdin(values: list[str] | None) -> str:
+def _arg_or_stdin(values: list[str]) -> str:
     return " ".join(values) if values else sys.stdin.read()
 
 
-def _cmd_encode(args) -> int:
+def _cmd_encode(args: argparse.Namespace) -> int:
     tok = Tokenizer.from_file(args.tokenizer)
-    print(" ".join(map(str, tok.encode(_read_arg_or_stdin(args.text), allow_special=args.allow_special))))
+    print(" ".join(map(str, tok.encode(_arg_or_stdin(args.text), allow_special=args.allow_special))))
     return 0
 
 
-def _cmd_decode(args) -> int:
+def _cmd_decode(args: argparse.Namespace) -> int:
     tok = Tokenizer.from_file(args.tokenizer)
-    raw = _read_arg_or_stdin(args.ids).split()
+    words = _arg_or_stdin(args.ids).replace(",", " ").replace("[", " ").replace("]", " ").split()
     try:
-        ids = [int(x) for x in raw]
+        ids = [int(w) for w in words]
     except ValueError:
-        raise TokenizerError(f"decode expects integer ids, got {raw[:5]}") from None
-    bad = [i for i in ids if not 0 <= i < tok.vocab_size]
-    if bad:
-        raise TokenizerError(f"ids out of range 0..{tok.vocab_size - 1}: {bad[:5]}")
-    sys.stdout.write(tok.decode(ids) + "\n")
+        raise TokenizerError(f"decode expects integer ids, got {' '.join(words[:5])!r}") from None
+    text = tok.decode(ids)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
 
-def _cmd_stats(args) -> int:
+def _cmd_stats(args: argparse.Namespace) -> int:
     tok = Tokenizer.from_file(args.tokenizer)
-    sources = args.input or DEFAULT_INPUTS
-    print(f"{'corpus':<28} {'bytes':>12} {'tokens':>10} {'bytes/token':>12} {'chars/token':>12}")
-    for src in sources:
-        s = compression_stats(tok, _texts([src], args.max_chars))
-        print(f"{src:<28} {s['bytes']:>12,} {s['tokens']:>10,} {s['bytes_per_token']:>12.2f} "
-              f"{s['chars_per_token']:>12.2f}")
+    print(f"{args.tokenizer}: {tok.vocab_size:,} tokens, fingerprint {tok.fingerprint[:12]}")
+    row = "{:<28} {:>13} {:>13} {:>11} {:>12} {:>12}"
+    print(row.format("corpus", "bytes", "chars", "tokens", "bytes/token", "chars/token"))
+    for src in args.input or DEFAULT_INPUTS:
+        s = compression_stats(tok, read_texts([src], args.max_chars))
+        print(row.format(src, f"{s['bytes']:,}", f"{s['chars']:,}", f"{s['tokens']:,}",
+                         f"{s['bytes_per_token']:.2f}", f"{s['chars_per_token']:.2f}"))
     return 0
 
 
 def add_cli(subparsers) -> None:
-    """Register `gptrecipe tokenizer train|encode|decode|stats`."""
-    p = subparsers.add_parser("tokenizer", help="train and use the byte-level BPE tokenizer",
-                              description="Byte-level BPE (GPT-4 split regex) trained with HF tokenizers.")
-    sub = p.add_subparsers(dest="tokenizer_cmd", metavar="COMMAND", required=True)
-    t = sub.add_parser("train", help="learn merges from corpora and save tokenizer.json")
-    t.add_argument("--out", default="runs/tokenizer/tokenizer.json", help="where to write tokenizer.json")
-    t.add_argument("--vocab-size", type=int, default=4096, help="tokens in the vocabulary, specials included")
-    t.add_argument("--input", nargs="+", metavar="SOURCE",
-                   help="files, directories or builtin:NAME corpora (default: the embedded corpora)")
-    t.add_argument("--max-chars", type=int, default=20_000_000, help="cap on training text, shared by inputs")
+    """Register `tokenizer train|encode|decode|stats` on an argparse subparsers object."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "tokenizer", help="train and use the byte-level BPE tokenizer", formatter_class=fmt,
+        description="Byte-level BPE (GPT-4 split regex, 256-byte alphabet, 16 special tokens), trained with "
+        "Hugging Face tokenizers and encoded with tiktoken.\n\nExamples:\n"
+        "  gptrecipe tokenizer train --vocab-size 4096 --out runs/tokenizer/tokenizer.json\n"
+        "  gptrecipe tokenizer encode --tokenizer runs/tokenizer/tokenizer.json 'Hello, 世界'\n"
+        "  gptrecipe tokenizer decode --tokenizer runs/tokenizer/tokenizer.json 15 2043 300\n"
+        "  gptrecipe tokenizer stats --tokenizer runs/tokenizer/tokenizer.json --input my_texts/")
+    sub = p.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
+    sources_help = ("a .txt/.md/.jsonl/.parquet file, a directory of them, or builtin:shakespeare, "
+                    "builtin:kjv, builtin:chatterbot (repeatable; default: the three builtin corpora)")
+
+    t = sub.add_parser("train", help="learn BPE merges from corpora and save tokenizer.json",
+                       description="Learn byte-level BPE merges from corpora and save tokenizer.json.")
+    t.add_argument("--out", default="runs/tokenizer/tokenizer.json", metavar="PATH",
+                   help="output path (default: %(default)s)")
+    t.add_argument("--vocab-size", type=int, default=4096, metavar="N",
+                   help=f"tokens in the vocabulary, specials included, >= {MIN_VOCAB_SIZE} "
+                   "(default: %(default)s)")
+    t.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
+    t.add_argument("--max-chars", type=int, default=20_000_000,
+                   help="cap on training text, shared evenly by the inputs (default: %(default)s)")
     t.set_defaults(func=_cmd_train)
-    e = sub.add_parser("encode", help="print the ids of TEXT (or stdin)")
-    e.add_argument("--tokenizer", required=True, help="path to tokenizer.json")
-    e.add_argument("--allow-special", action="store_true", help="parse <|...|> special tokens in the text")
-    e.add_argument("text", nargs="*")
+
+    e = sub.add_parser("encode", help="print the ids of TEXT (or of stdin)",
+                       description="Print the token ids of TEXT (words joined by spaces), or of stdin when "
+                       "no TEXT is given, space-separated.")
+    e.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
+    e.add_argument("--allow-special", action="store_true", help="read <|endoftext|> etc. as special tokens")
+    e.add_argument("text", nargs="*", help="text to encode (default: stdin)")
     e.set_defaults(func=_cmd_encode)
-    d = sub.add_parser("decode", help="print the text of IDS (or stdin)")
-    d.add_argument("--tokenizer", required=True, help="path to tokenizer.json")
-    d.add_argument("ids", nargs="*")
+
+    d = sub.add_parser("decode", help="print the text of IDS (or of stdin)",
+                       description="Print the text of token ids given as arguments or on stdin (separated by "
+                       "spaces or commas).")
+    d.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
+    d.add_argument("ids", nargs="*", help="token ids (default: stdin)")
     d.set_defaults(func=_cmd_decode)
-    s = sub.add_parser("stats", help="compression (bytes/token) per corpus")
-    s.add_argument("--tokenizer", required=True, help="path to tokenizer.json")
-    s.add_argument("--input", nargs="+", metavar="SOURCE", help="corpora (default: the embedded corpora)")
-    s.add_argument("--max-chars", type=int, default=2_000_000, help="text to measure per corpus")
+
+    s = sub.add_parser("stats", help="compression (bytes/token, chars/token) per corpus",
+                       description="Print bytes/token and chars/token of the tokenizer on each corpus.")
+    s.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
+    s.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
+    s.add_argument("--max-chars", type=int, default=2_000_000,
+                   help="text measured per corpus (default: %(default)s)")
     s.set_defaults(func=_cmd_stats)
-
-
-def main(argv: list[str] | None = None) -> int:  # `python -m gptrecipe.tokenizer ...`
-    ap = argparse.ArgumentParser(prog="gptrecipe")
-    add_cli(ap.add_subparsers(dest="stage"))
-    args = ap.parse_args(argv)
-    return args.func(args)

@@ -200,8 +200,9 @@ def train(
         mfu = flops_per_token * tok_s / (peak * info.world_size) if peak else 0.0
         result.losses[step + 1] = loss_val
         result.final_step = step + 1
+        extra = getattr(task, "last_metrics", None) or {}  # a stage's own per-step numbers (e.g. PPO's KL)
         metrics.write({"step": step + 1, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
-                       "tokens": (step + 1) * tokens_per_step, "tok_per_s": tok_s, "mfu": mfu, "dt": dt})
+                       "tokens": (step + 1) * tokens_per_step, "tok_per_s": tok_s, "mfu": mfu, "dt": dt, **extra})
         bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
         bar.update(1)
         last = step + 1 == cfg.max_steps

@@ -1,0 +1,381 @@
+"""Stage: RLHF with PPO-ptx (InstructGPT section 3.5), on the shared training loop.
+
+Policy and reference start from the SFT model, the value model from the reward model; the reward model
+and the reference stay frozen. One optimizer step of the shared loop is one PPO minibatch update; every
+`ppo_epochs * minibatches` steps the task draws a new rollout batch with the KV-cache sampler:
+
+    reward_t  = -beta * (log pi(y_t) - log pi_ref(y_t))   (+ RM score, + truncation penalty, at the last token)
+    A_t       = GAE(gamma, lambda) over the response tokens, whitened over the batch
+    loss      = token-mean of max(-A r, -A clip(r, 1-eps, 1+eps))
+              + vf_coef * 0.5 * max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2)
+              + gamma_ptx * next-token loss on pretraining text (PPO-ptx; 0 = plain PPO)
+
+    gptrecipe ppo --sft runs/speedrun/sft --rm runs/speedrun/rm train.max_steps=64
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .chat import ChatTemplate, Message
+from .checkpoint import load_model, resolve_checkpoint, save_checkpoint
+from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
+from .model import GPT, optimizer_groups
+from .rm import RewardEncoder, RewardModel, load_reward_model, score
+from .sample import SamplingConfig, generate_ids
+from .tokenizer import Tokenizer
+from .train import TrainConfig, TrainResult, train
+
+
+@dataclass
+class PPOConfig:
+    name: str = "ppo"
+    out_dir: str = "runs"
+    sft: str = ""  # SFT checkpoint: policy init and frozen reference
+    rm: str = ""  # reward model checkpoint: frozen scorer and value-model init
+    prompts: str = "builtin:chatterbot"
+    val_prompts: int = 32  # held out from `prompts` for evaluation
+    rollout_batch: int = 32  # prompts per rollout
+    minibatches: int = 4  # minibatches per PPO epoch
+    ppo_epochs: int = 2
+    max_new_tokens: int = 32
+    temperature: float = 1.0  # the same temperature in rollout and rescoring; top-k/top-p off (no negative KL)
+    beta: float = 0.05  # KL coefficient (initial, if adaptive)
+    target_kl: float = 0.0  # > 0: adaptive KL controller towards this KL per sequence (nats)
+    kl_horizon: int = 10_000
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    truncation_penalty: float = -1.0  # added to the score of a response that never emitted <|end|>
+    gamma_ptx: float = 0.0  # PPO-ptx coefficient on the pretraining LM loss (per-token mean)
+    ptx_source: str = "builtin:shakespeare"
+    ptx_batch: int = 4
+    gold_labeler: str = ""  # optional programmatic gold score to report beside the RM (e.g. builtin:positivity)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=64, micro_batch_size=8, lr=1e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
+        eval_every=16, checkpoint_every=16))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.ppo_epochs * self.minibatches
+
+
+def load_ppo_config(preset: str | None = None, overrides: list[str] = ()) -> PPOConfig:
+    raw = load_toml(find_preset("ppo", preset)) if preset else {}
+    return apply_overrides(from_dict(PPOConfig, raw), list(overrides))
+
+
+# ---- the math, as small pure functions (tested against hand-computed examples) -----------------
+
+
+def kl_rewards(logp: torch.Tensor, logp_ref: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+               beta: float) -> torch.Tensor:
+    """Per-token reward -beta (log pi - log pi_ref), plus the sequence score on its last real token."""
+    rewards = -beta * (logp - logp_ref) * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation over right-padded rows; zero past each row's last token."""
+    T = rewards.size(1)
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.size(0), dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    n = mask.sum()
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / n
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def policy_loss(logp, logp_old, adv, mask, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped surrogate, token mean over the minibatch; also the fraction of clipped tokens."""
+    ratio = torch.exp(logp - logp_old)
+    loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
+    clipped = ((ratio - 1).abs() > clip).float()
+    n = mask.sum().clamp(min=1)
+    return (loss * mask).sum() / n, (clipped * mask).sum() / n
+
+
+def value_loss(v, v_old, returns, mask, clip: float) -> torch.Tensor:
+    v_clipped = v_old + (v - v_old).clamp(-clip, clip)
+    loss = 0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+class AdaptiveKL:
+    """Ziegler et al. 2019: beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon)."""
+
+    def __init__(self, beta: float, target: float, horizon: int):
+        self.beta, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, n: int) -> None:
+        if self.target > 0:
+            err = max(-0.2, min(0.2, kl / self.target - 1))
+            self.beta *= 1 + err * n / self.horizon
+
+
+# ---- models ----------------------------------------------------------------------------------
+
+
+class ActorCritic(nn.Module):
+    """The trainable pair: the policy (a GPT) and the value model (reward-model body, a value per token)."""
+
+    def __init__(self, policy: GPT, value: RewardModel):
+        super().__init__()
+        self.policy, self.value = policy, value
+        self.config = policy.config
+
+    def values(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.value.head(self.value.gpt.hidden_states(ids).float()).squeeze(-1)
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        return optimizer_groups(self, weight_decay)
+
+
+def token_logprobs(model: GPT, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(ids[:, t+1] | ids[:, :t+1]) at the sampling temperature, and the entropy, for every position."""
+    logits = model(ids[:, :-1])[0].float() / temperature
+    logp_all = F.log_softmax(logits, -1)
+    logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+# ---- the task --------------------------------------------------------------------------------
+
+
+class PPOTask:
+    """Rollouts and PPO minibatches as a TrainTask (one loop step = one minibatch update)."""
+
+    def __init__(self, cfg: PPOConfig, ac: ActorCritic, ref: GPT, rm: RewardModel, tok: Tokenizer,
+                 prompts: list[str], val_prompts: list[str], ptx_loader=None, gold=None):
+        self.cfg, self.ac, self.ref, self.rm, self.tok = cfg, ac, ref, rm, tok
+        self.template = ChatTemplate(tok)
+        self.enc = RewardEncoder(tok, ac.config.block_size)
+        self.prompts, self.val_prompts = prompts, val_prompts
+        self.ptx_loader, self.gold = ptx_loader, gold
+        self.kl_ctl = AdaptiveKL(cfg.beta, cfg.target_kl, cfg.kl_horizon)
+        self.tokens_per_row = ac.config.block_size
+        self.buffer: dict[str, torch.Tensor] | None = None
+        self.buffer_step = -1
+        self.last_metrics: dict[str, float] = {}
+        self.pad = tok.id_of("<|pad|>")
+
+    # rollouts -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_responses(self, model: GPT, prompts: list[str], seed: int, temperature: float | None = None):
+        """Responses (token lists without the end token) and whether each ended with <|end|>."""
+        ids = [self.template.prompt_ids([Message("user", p)]) for p in prompts]
+        scfg = SamplingConfig(max_new_tokens=self.cfg.max_new_tokens, top_k=0, top_p=1.0, seed=seed,
+                              temperature=self.cfg.temperature if temperature is None else temperature)
+        out: list[list[int]] = [[] for _ in ids]
+        ended = [False] * len(ids)
+        done = [False] * len(ids)
+        for nxt, finished in generate_ids(model, ids, scfg, stop_ids=self.template.stop_ids, pad_id=self.pad):
+            for i, t in enumerate(nxt.tolist()):
+                if done[i]:
+                    continue
+                if t in self.template.stop_ids:
+                    ended[i] = True
+                else:
+                    out[i].append(t)
+                done[i] = bool(finished[i])
+        return ids, out, ended
+
+    @torch.no_grad()
+    def rollout(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        device = next(self.ac.parameters()).device
+        rng = np.random.default_rng([cfg.train.seed, step])
+        batch = [self.prompts[i] for i in rng.integers(0, len(self.prompts), cfg.rollout_batch)]
+        self.ac.eval()
+        prompt_ids, responses, ended = self.sample_responses(self.ac.policy, batch, seed=cfg.train.seed + step)
+        # sequences: prompt + response (+ <|end|> when the model produced it), right-padded, no position shift
+        seqs = [p + r + ([self.template.end] if e else []) for p, r, e in zip(prompt_ids, responses, ended,
+                                                                               strict=True)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width - 1)  # mask[:, t] = token t+1 is a response token
+        for i, (s, p) in enumerate(zip(seqs, prompt_ids, strict=True)):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, len(p) - 1: len(s) - 1] = 1.0
+        ids, mask = ids.to(device), mask.to(device)
+        empty = mask.sum(1) == 0
+        if bool(empty.any()):  # a response that is only <|end|> still has one token; none can be empty
+            raise RuntimeError("rollout produced a row without response tokens")
+        logp, entropy = token_logprobs(self.ac.policy, ids, cfg.temperature)
+        logp_ref, _ = token_logprobs(self.ref, ids, cfg.temperature)
+        values = self.ac.values(ids)[:, :-1]  # V(state before each token)
+        scores = torch.tensor(score(self.rm, self.enc, prompt_ids, responses), device=device)
+        penalty = torch.tensor([0.0 if e else cfg.truncation_penalty for e in ended], device=device)
+        rewards = kl_rewards(logp, logp_ref, scores + penalty, mask, self.kl_ctl.beta)
+        adv, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+        adv = whiten(adv, mask)
+        kl_seq = ((logp - logp_ref) * mask).sum(1)
+        self.last_rollout = {
+            "rm_score": scores.mean().item(), "kl": kl_seq.mean().item(), "beta": self.kl_ctl.beta,
+            "entropy": ((entropy * mask).sum() / mask.sum()).item(),
+            "response_len": mask.sum(1).mean().item(), "ended_frac": float(np.mean(ended)),
+        }
+        if self.gold is not None:
+            self.last_rollout["gold_score"] = self.gold_mean(batch, responses)
+        self.kl_ctl.update(kl_seq.mean().item(), len(batch))
+        self.ac.train()
+        return {"ids": ids, "mask": mask, "logp": logp, "values": values * mask, "adv": adv, "returns": returns}
+
+    def gold_mean(self, prompts: list[str], responses: list[list[int]]) -> float:
+        return float(np.mean([self.gold(p, [self.tok.decode(r)])[0] for p, r in zip(prompts, responses, strict=True)]))
+
+    # the TrainTask interface ----------------------------------------------------------------
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+        cfg = self.cfg
+        rollout_step = step - step % cfg.updates_per_rollout
+        if self.buffer is None or self.buffer_step != rollout_step:
+            self.buffer, self.buffer_step = self.rollout(rollout_step), rollout_step
+        k = step % cfg.updates_per_rollout
+        epoch, mb = divmod(k, cfg.minibatches)
+        perm = np.random.default_rng([cfg.train.seed, rollout_step, epoch]).permutation(cfg.rollout_batch)
+        size = cfg.rollout_batch // cfg.minibatches
+        rows = perm[mb * size: (mb + 1) * size]
+        per_rank = len(rows) // (grad_accum * world_size)
+        lo = (micro_step * world_size + rank) * per_rank
+        idx = torch.as_tensor(rows[lo: lo + per_rank], device=self.buffer["ids"].device)
+        b = {k: v[idx] for k, v in self.buffer.items()}
+        out = [b["ids"], b["mask"], b["logp"], b["values"], b["adv"], b["returns"]]
+        if self.ptx_loader is not None and cfg.gamma_ptx > 0:
+            out += list(self.ptx_loader.get_batch(step, micro_step, cfg.ptx_batch, grad_accum, rank, world_size))
+        return tuple(out)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        ids, mask, logp_old, v_old, adv, returns = batch[:6]
+        ac = model.module if hasattr(model, "module") else model
+        logp, _ = token_logprobs(ac.policy, ids, self.cfg.temperature)
+        v = ac.values(ids)[:, :-1]
+        pg, clipfrac = policy_loss(logp, logp_old, adv, mask, self.cfg.clip)
+        vf = value_loss(v, v_old, returns, mask, self.cfg.clip_value)
+        loss = pg + self.cfg.vf_coef * vf
+        metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": clipfrac.item(),
+                   "approx_kl_old": ((logp_old - logp) * mask).sum().item() / mask.sum().item()}
+        if len(batch) > 6:
+            x, y = batch[6], batch[7]
+            ptx = ac.policy(x, y)[1]
+            loss = loss + self.cfg.gamma_ptx * ptx
+            metrics["ptx_loss"] = ptx.item()
+        self.last_metrics = {**getattr(self, "last_rollout", {}), **metrics}
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, model, max_batches: int) -> dict[str, float]:
+        """Held-out prompts: mean RM score (and gold score), KL to the reference, length."""
+        ac = model.module if hasattr(model, "module") else model
+        prompts = self.val_prompts
+        prompt_ids, responses, ended = self.sample_responses(ac.policy, prompts, seed=12345)
+        scores = score(self.rm, self.enc, prompt_ids, responses)
+        out = {"val_rm_score": float(np.mean(scores)), "val_ended_frac": float(np.mean(ended)),
+               "val_response_len": float(np.mean([len(r) for r in responses]))}
+        seqs = [p + r for p, r in zip(prompt_ids, responses, strict=True)]
+        kls = []
+        for s, p in zip(seqs, prompt_ids, strict=True):
+            if len(s) > len(p):
+                t = torch.tensor([s], device=next(ac.parameters()).device)
+                a, _ = token_logprobs(ac.policy, t, self.cfg.temperature)
+                b, _ = token_logprobs(self.ref, t, self.cfg.temperature)
+                kls.append((a - b)[0, len(p) - 1:].sum().item())
+        out["val_kl"] = float(np.mean(kls)) if kls else 0.0
+        if self.gold is not None:
+            out["val_gold_score"] = self.gold_mean(prompts, responses)
+        return out
+
+    def samples(self, model) -> list[str]:
+        ac = model.module if hasattr(model, "module") else model
+        prompts = self.val_prompts[:4]
+        _, responses, _ = self.sample_responses(ac.policy, prompts, seed=7, temperature=0.7)
+        return [f"User: {p}\nAssistant: {self.tok.decode(r)}" for p, r in zip(prompts, responses, strict=True)]
+
+
+def split_prompts(prompts: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    val = [prompts[i] for i in order[:n_val]]
+    return [prompts[i] for i in order[n_val:]] or val, val
+
+
+def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
+    from .rank import load_prompts
+
+    if not cfg.sft or not cfg.rm:
+        raise ConfigError("ppo: set sft=<SFT checkpoint> and rm=<reward model checkpoint>")
+    if cfg.rollout_batch % cfg.minibatches:
+        raise ConfigError(f"ppo: rollout_batch {cfg.rollout_batch} must be divisible by minibatches {cfg.minibatches}")
+    sft_ckpt = resolve_checkpoint(cfg.sft)
+    policy, _ = load_model(sft_ckpt)
+    ref, _ = load_model(sft_ckpt)
+    rm, tok, _ = load_reward_model(cfg.rm)
+    value = RewardModel(rm.config)
+    value.load_state_dict(rm.state_dict())
+    for m in (policy, ref, rm, value):  # pitfall: dropout anywhere makes the first ratio != 1
+        m.config.dropout = 0.0
+        for mod in m.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0
+    for m in (ref, rm):
+        m.eval().requires_grad_(False)
+    if tok.fingerprint != Tokenizer.from_file(sft_ckpt / "tokenizer.json").fingerprint:
+        raise ConfigError("ppo: the SFT model and the reward model use different tokenizers")
+    ac = ActorCritic(policy, value)
+    train_prompts, val_prompts = split_prompts(load_prompts(cfg.prompts), cfg.val_prompts, cfg.train.seed)
+    ptx_loader = None
+    if cfg.gamma_ptx > 0:
+        from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
+
+        data = prepare_data(DataConfig(corpora=[CorpusConfig("ptx", cfg.ptx_source)]), tok, show_progress=False)
+        ptx_loader = BatchLoader(data, block_size=policy.config.block_size, seed=cfg.train.seed)
+    gold = None
+    if cfg.gold_labeler:
+        from .labelers import load_labeler
+
+        gold = load_labeler(cfg.gold_labeler)
+    task = PPOTask(cfg, ac, ref, rm, tok, train_prompts, val_prompts, ptx_loader, gold)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
+    run_config = {"stage": "ppo", "model": dataclasses.asdict(policy.config), "run": to_dict(cfg),
+                  "tokenizer_fingerprint": tok.fingerprint}
+    log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts; {cfg.rollout_batch} rollouts "
+        f"per {cfg.updates_per_rollout} updates")
+    result = train(ac, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=sft_ckpt / "tokenizer.json",
+                   resume=resume)
+    # the policy alone, in the ordinary checkpoint format, for `sample` / chat / the next round
+    save_checkpoint(cfg.run_dir / "policy", policy, {"stage": "ppo", "model": dataclasses.asdict(policy.config),
+                                                    "tokenizer_fingerprint": tok.fingerprint},
+                    tokenizer_path=sft_ckpt / "tokenizer.json")
+    return result
+
+
+def ppo_summary(result: TrainResult) -> dict[str, Any]:
+    first, last = result.evals[0], result.evals[-1]
+    return {k: (first.get(k, math.nan), last.get(k, math.nan)) for k in
+            ("val_rm_score", "val_gold_score", "val_kl", "val_response_len")}

@@ -1,0 +1,90 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from gptrecipe.checkpoint import save_checkpoint
+from gptrecipe.model import GPT
+from gptrecipe.ppo import AdaptiveKL, PPOConfig, gae, kl_rewards, policy_loss, ppo, value_loss, whiten
+from gptrecipe.rm import RMConfig, train_reward_model
+from gptrecipe.train import TrainConfig
+from tests.conftest import tiny_config
+from tests.test_rm import toy_rankings
+
+
+def test_per_token_kl_reward_with_score_on_the_last_real_token():
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-1.5, -2.0, -2.0], [-1.5, -2.0, -2.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    r = kl_rewards(logp, ref, torch.tensor([2.0, 3.0]), mask, beta=0.1)
+    torch.testing.assert_close(r, torch.tensor([[-0.05, 0.0, 2.1], [-0.05, 3.0, 0.0]]))
+
+
+def test_gae_hand_computed_and_zero_past_the_end():
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1]])
+    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=0.9)
+    torch.testing.assert_close(adv, torch.tensor([[2.149, 1.61, 1.9]]))
+    torch.testing.assert_close(ret, torch.tensor([[2.649, 1.81, 2.0]]))
+    # a 2-token response padded to 3: nothing past its end, as many non-zero advantages as tokens
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    adv, ret = gae(torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[0.5, 0.2, 0.0]]), mask, 1.0, 0.9)
+    torch.testing.assert_close(adv, torch.tensor([[1.0 + 0.2 - 0.5 + 0.9 * 1.8, 1.8, 0.0]]))
+    assert int((adv != 0).sum()) == int(mask.sum())
+    w = whiten(torch.tensor([[1.0, 3.0, 99.0]]), mask)
+    torch.testing.assert_close(w, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
+
+
+def test_clipped_policy_and_value_losses():
+    logp_old = torch.zeros(1, 2)
+    logp = torch.full((1, 2), math.log(1.5))  # ratio 1.5, outside 1 +- 0.2
+    mask = torch.ones(1, 2)
+    loss, frac = policy_loss(logp, logp_old, torch.tensor([[1.0, -1.0]]), mask, 0.2)
+    assert loss.item() == pytest.approx((-1.2 + 1.5) / 2) and frac.item() == 1.0  # pessimistic side each time
+    loss, frac = policy_loss(logp_old, logp_old, torch.tensor([[1.0, -1.0]]), mask, 0.2)
+    assert loss.item() == pytest.approx(0.0) and frac.item() == 0.0  # ratio 1 at the first update
+    v = value_loss(torch.tensor([[1.0]]), torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.ones(1, 1), 0.2)
+    assert v.item() == pytest.approx(0.5 * max(1.0, 0.7**2))
+
+
+def test_adaptive_kl_controller():
+    c = AdaptiveKL(0.1, target=6.0, horizon=100)
+    c.update(12.0, 10)  # KL twice the target: error clipped to +0.2
+    assert c.beta == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))
+    c2 = AdaptiveKL(0.1, target=0.0, horizon=100)
+    c2.update(50.0, 10)
+    assert c2.beta == 0.1  # fixed
+
+
+def test_ppo_raises_reward_with_bounded_kl(small_tok, tmp_path):
+    torch.manual_seed(0)
+    sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
+    small_tok.save(tmp_path / "tok.json")
+    save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
+                    tokenizer_path=tmp_path / "tok.json")
+    ranks = tmp_path / "rankings.jsonl"
+    ranks.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
+                             for r in toy_rankings(80)))
+    quiet = dict(device="cpu", progress=False, dtype="fp32")
+    train_reward_model(RMConfig(out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(ranks),
+                                train=TrainConfig(max_steps=40, micro_batch_size=8, lr=3e-3, warmup_steps=5,
+                                                  eval_every=40, checkpoint_every=40, **quiet)),
+                       log=lambda *a: None)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"hello {i} what is the machine" for i in range(40)))
+    cfg = PPOConfig(out_dir=str(tmp_path), sft=str(tmp_path / "sft"), rm=str(tmp_path / "rm"),
+                    prompts=str(prompts), val_prompts=8, rollout_batch=16, minibatches=2, ppo_epochs=2,
+                    max_new_tokens=8, beta=0.02, gold_labeler="builtin:positivity",
+                    train=TrainConfig(max_steps=80, micro_batch_size=8, lr=1e-2, warmup_steps=0, min_lr_ratio=1.0,
+                                      weight_decay=0.0, eval_every=80, checkpoint_every=40, **quiet))
+    res = ppo(cfg, log=lambda *a: None)
+    first, last = res.evals[0], res.evals[-1]
+    assert last["val_rm_score"] > first["val_rm_score"] + 0.5, (first, last)
+    assert last["val_kl"] < 10.0
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    step1 = next(r for r in rows if r.get("step") == 1 and "loss" in r)
+    assert step1["clip_frac"] == 0.0 and abs(step1["approx_kl_old"]) < 1e-5  # no dropout: ratio exactly 1
+    assert {"rm_score", "kl", "entropy", "policy_loss", "value_loss", "response_len"} <= set(step1)
+    assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists()
