@@ -16,7 +16,9 @@ STAGES_HELP = """stages, in recipe order:
   sft         supervised fine-tuning for chat on conversations (loss on the assistant's tokens)
   rank        comparison data: sample K responses per prompt, ranked by you or by a labeler
   rm          reward model on rankings (pairwise or listwise loss); `rm score` scores responses
-  run         the main job: tokenizer -> pretrain -> samples -> run report, on the default corpus
+  ppo         RLHF with PPO-ptx against the reward model, KL-penalised to the SFT model
+  rlhf        rank -> rm -> ppo for --rounds, each round on the current best policy
+  run         the main job: every stage above on the embedded data, ending in one run report
 
 Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
 with KEY=VALUE, e.g. `gptrecipe pretrain --config tiny train.max_steps=500 model.n_layer=2`.
@@ -203,6 +205,61 @@ def _run_rm(args) -> int:
     return 0
 
 
+def _add_ppo(sub) -> None:
+    p = sub.add_parser("ppo", help="RLHF: PPO-ptx against a frozen reward model, KL-penalised to the SFT model",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="PPO-ptx (InstructGPT). Examples:\n"
+                       "  gptrecipe ppo --sft runs/speedrun/sft --rm runs/speedrun/rlhf/round1/rm\n"
+                       "  gptrecipe ppo --sft S --rm R beta=0.02 target_kl=6 gamma_ptx=0.5 train.max_steps=200")
+    p.add_argument("--sft", help="SFT checkpoint (reference, and policy init)")
+    p.add_argument("--rm", help="reward model checkpoint (scorer, and value init)")
+    p.add_argument("--config", help="PPO preset (configs/ppo/) or TOML path")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_run_ppo)
+
+
+def _run_ppo(args) -> int:
+    from .ppo import load_ppo_config, ppo
+
+    overrides = list(args.overrides)
+    overrides += [f"sft={args.sft}"] if args.sft else []
+    overrides += [f"rm={args.rm}"] if args.rm else []
+    cfg = load_ppo_config(args.config, overrides)
+    result = ppo(cfg, resume=args.resume)
+    if result.evals:
+        first, last = result.evals[0], result.evals[-1]
+        print(f"done: held-out RM score {first['val_rm_score']:.3f} -> {last['val_rm_score']:.3f}, "
+              f"KL {last['val_kl']:.2f} nats; policy {cfg.run_dir / 'policy'}")
+    return 0
+
+
+def _add_rlhf(sub) -> None:
+    p = sub.add_parser("rlhf", help="rank -> rm -> ppo, repeated for --rounds on the current policy",
+                       description="Iterated RLHF: each round ranks samples of the current policy, trains a "
+                       "reward model and runs PPO from the current policy (reference: the SFT model).")
+    p.add_argument("--sft", required=True, help="SFT checkpoint")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--labeler", default="builtin:positivity", help="human | builtin:positivity | module:function")
+    p.add_argument("--prompts", default="builtin:chatterbot")
+    p.add_argument("-k", type=int, default=4)
+    p.add_argument("--rank-prompts", type=int, default=400, help="prompts ranked per round")
+    p.add_argument("--out-dir", default="runs/rlhf")
+    p.add_argument("--resume", action="store_true")
+    p.set_defaults(func=_run_rlhf)
+
+
+def _run_rlhf(args) -> int:
+    from .rlhf import RLHFConfig, run_rlhf
+
+    rows = run_rlhf(RLHFConfig(sft=args.sft, out_dir=args.out_dir, rounds=args.rounds, labeler=args.labeler,
+                               prompts=args.prompts, k=args.k, rank_prompts=args.rank_prompts), resume=args.resume)
+    for r in rows:
+        print(f"round {r['round']}: gold {r['gold_before']:.3f} -> {r['gold_after']:.3f}, "
+              f"RM {r['rm_score_before']:.3f} -> {r['rm_score_after']:.3f}, KL {r['kl_after']:.2f}")
+    return 0
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job: every stage on the default corpus, ending in a report",
                        description="Train a tokenizer, pretrain a tiny model on the default mixture "
@@ -236,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sft(sub)
     _add_rank(sub)
     _add_rm(sub)
+    _add_ppo(sub)
+    _add_rlhf(sub)
     _add_run(sub)
     return parser
 

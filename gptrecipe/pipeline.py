@@ -1,6 +1,6 @@
 """The main job: every stage built so far, on the embedded default corpus, ending in one run report.
 
-    gptrecipe run       # tokenizer -> pretrain (tiny) -> samples -> SFT on dialogues -> runs/speedrun/report.md
+    gptrecipe run   # tokenizer -> pretrain -> SFT -> rank -> RM -> PPO -> runs/speedrun/report.md
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from pathlib import Path
 
 from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
 from .report import environment, md_table, write_markdown
+from .rlhf import RLHFConfig, run_rlhf
 from .sft import load_sft_config, sft
 
 
 def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun", sft_preset: str = "tiny",
+                 rank_prompts: int = 300,
                  out_dir: str = "runs", resume: bool = False, log=print) -> Path:
     """Run the stages in order under out_dir/name and return the path of report.md."""
     root = Path(out_dir) / name
@@ -23,22 +25,30 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
-    log("== stage 1/3: tokenizer")
+    log("== stage 1/4: tokenizer")
     t = time.perf_counter()
     tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
     timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
     stats = corpus_compression(tok, cfg.data)
 
-    log("== stage 2/3: pretraining")
+    log("== stage 2/4: pretraining")
     t = time.perf_counter()
     result = pretrain(cfg, resume=resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 3/3: supervised fine-tuning for chat")
+    log("== stage 3/4: supervised fine-tuning for chat")
     t = time.perf_counter()
     sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}"])
     sft_result = sft(sft_cfg, resume=resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
+
+    log("== stage 4/4: RLHF: rank (simulated labeler) -> reward model -> PPO")
+    t = time.perf_counter()
+    rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
+                                 labeler="builtin:positivity", rank_prompts=rank_prompts), resume=resume, log=log)
+    timings.append({"stage": "rlhf (rank + rm + ppo)", "seconds": round(time.perf_counter() - t, 1)})
+    rl = rounds[-1]
+    ppo_dir = Path(rl["ppo_dir"]).relative_to(root)
 
     first, last = result.evals[0], result.evals[-1]
     s_first, s_last = sft_result.evals[0], sft_result.evals[-1]
@@ -54,12 +64,20 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
              f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
             {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues, val loss on "
              f"assistant tokens {s_first['val_loss']:.3f} (step {s_first['step']}) -> {s_last['val_loss']:.3f}"},
+            {"stage": "reward model", "result": f"held-out pairwise accuracy {rl['rm_val_accuracy']:.3f} "
+             f"(simulated labeler: builtin:positivity)"},
+            {"stage": "ppo", "result": f"held-out RM score {rl['rm_score_before']:.3f} -> {rl['rm_score_after']:.3f}, "
+             f"KL to SFT {rl['kl_after']:.2f} nats, response length {rl['len_before']:.1f} -> {rl['len_after']:.1f}"},
+            {"stage": "gold check", "result": f"held-out gold (positivity) score: SFT {rl['gold_before']:.3f} -> "
+             f"PPO {rl['gold_after']:.3f} ({rl['gold_after'] / max(rl['gold_before'], 1e-9):.2f}x)"},
         ])),
         ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
                        f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
         ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
         ("Chat replies of the SFT model", "".join(f"```\n{r}\n```\n" for r in replies)
          + "\nSFT details: [sft/report.md](sft/report.md), ![sft loss](sft/loss.png)\n"),
+        ("RLHF (PPO) curves", f"![ppo]({ppo_dir}/ppo.png)\n\nPPO policy replies (held-out prompts):\n\n"
+         + "".join(f"```\n{x}\n```\n" for x in rl["samples"])),
         ("Tokenizer compression", md_table(stats, ["corpus", "bytes", "tokens", "bytes_per_token"])),
         ("Stage timings", md_table(timings)),
         ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),

@@ -40,7 +40,8 @@ from .train import TrainConfig, TrainResult, train
 class PPOConfig:
     name: str = "ppo"
     out_dir: str = "runs"
-    sft: str = ""  # SFT checkpoint: policy init and frozen reference
+    sft: str = ""  # SFT checkpoint: the frozen KL reference (and the policy's init unless policy_init)
+    policy_init: str = ""  # start the policy from another checkpoint (e.g. the previous RLHF round's policy)
     rm: str = ""  # reward model checkpoint: frozen scorer and value-model init
     prompts: str = "builtin:chatterbot"
     val_prompts: int = 32  # held out from `prompts` for evaluation
@@ -332,7 +333,7 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     if cfg.rollout_batch % cfg.minibatches:
         raise ConfigError(f"ppo: rollout_batch {cfg.rollout_batch} must be divisible by minibatches {cfg.minibatches}")
     sft_ckpt = resolve_checkpoint(cfg.sft)
-    policy, _ = load_model(sft_ckpt)
+    policy, _ = load_model(resolve_checkpoint(cfg.policy_init) if cfg.policy_init else sft_ckpt)
     ref, _ = load_model(sft_ckpt)
     rm, tok, _ = load_reward_model(cfg.rm)
     value = RewardModel(rm.config)

@@ -25,8 +25,8 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -133,7 +133,8 @@ def consistent_ranks(ranks: dict[bytes, int], first_id: int) -> dict[bytes, int]
 def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int]) -> HFTokenizer:
     """An HF tokenizer that encodes exactly like tiktoken does with these ranks."""
     merges, orphans = canonical_merges(ranks)
-    assert not orphans, "call consistent_ranks first"
+    if orphans:
+        raise ValueError(f"{len(orphans)} tokens have no canonical merge: use consistent_ranks() first")
     vocab = {_spell(token): i for token, i in ranks.items()}
     vocab.update(specials)  # in the model's vocab too, so the specials keep their ids
     # ignore_merges: a piece that is itself a token is that token, as in tiktoken
@@ -157,8 +158,11 @@ def _is_our_pre_tokenizer(pre) -> bool:
         return False
 
 
-def _check_file(config: dict, ranks: dict[bytes, int], where: str) -> None:
+def _check_file(config: dict, ranks: dict[bytes, int], specials: dict[str, int], where: str) -> None:
     """Refuse a tokenizer.json on which tiktoken and the HF tokenizer would give different ids."""
+    added = {t.get("content"): (t.get("id"), t.get("special")) for t in config.get("added_tokens") or []}
+    if added != {s: (i, True) for s, i in specials.items()}:
+        raise TokenizerError(f"{where}: added tokens must be exactly the {len(specials)} special tokens")
     model = config["model"]
     extras = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
     if not model.get("ignore_merges") or any(model.get(k) for k in extras):
@@ -208,8 +212,10 @@ class Tokenizer:
         n_single = sum(len(t) == 1 for t in ranks)
         if n_single != N_BYTES:
             raise TokenizerError(f"{source}: vocabulary has {n_single} of the 256 single-byte tokens")
+        if len(set(vocab.values())) != len(vocab):
+            raise TokenizerError(f"{source}: two tokens share an id")
         if config is not None:
-            _check_file(config, ranks, source)
+            _check_file(config, ranks, self.specials, source)
         self.tt = tiktoken.Encoding(name=f"gptrecipe-{len(vocab)}", pat_str=GPT4_SPLIT_PATTERN,
                                     mergeable_ranks=ranks, special_tokens=self.specials)
         self._hf_text: HFTokenizer | None = None  # lazily: a copy that reads special-token strings as text
@@ -279,9 +285,9 @@ class Tokenizer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.hf.to_str(pretty=False).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with open(tmp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -325,7 +331,7 @@ class Tokenizer:
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Text -> ids. Special-token strings in `text` are plain text unless allow_special=True.
 
-        Lone surrogates (not valid Unicode) are encoded as U+FFFD, as tiktoken does.
+        Lone surrogates (not valid Unicode, e.g. from a JSON escape) are encoded as U+FFFD, as tiktoken does.
         """
         if allow_special:
             return self.tt.encode(text, allowed_special="all")
@@ -337,6 +343,10 @@ class Tokenizer:
 
     def encode_hf(self, text: str, *, allow_special: bool = False) -> list[int]:
         """The same ids through the HF tokenizer (the slower reference path)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates -> U+FFFD, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         if allow_special:
             return self.hf.encode(text, add_special_tokens=False).ids
         if self._hf_text is None:
@@ -388,21 +398,25 @@ DEFAULT_INPUTS = ("builtin:shakespeare", "builtin:kjv", "builtin:chatterbot")
 
 
 def read_texts(sources: Sequence[str], max_chars: int) -> Iterator[str]:
-    """Documents of the sources, at most `max_chars` in all, shared evenly (unused shares pass on)."""
+    """Documents of the sources, at most `max_chars` in all, shared evenly by the sources (in rounds, so
+    what a small source leaves unused goes to the others); the last document of a share may be cut."""
     from .data.readers import read_documents
 
+    readers = {src: read_documents(src) for src in sources}
     left = max_chars
-    for k, src in enumerate(sources):
-        budget = left // (len(sources) - k)
-        if budget <= 0:
-            continue
-        for doc in read_documents(src):
-            doc = doc[:budget]
-            budget -= len(doc)
-            left -= len(doc)
-            yield doc
-            if budget <= 0:
-                break
+    while readers and left >= len(readers):
+        share = left // len(readers)
+        for src in list(readers):
+            budget = share
+            while budget > 0:
+                doc = next(readers[src], None)
+                if doc is None:
+                    del readers[src]
+                    break
+                doc = doc[:budget]
+                budget -= len(doc)
+                left -= len(doc)
+                yield doc
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -480,7 +494,7 @@ def add_cli(subparsers) -> None:
                    help=f"tokens in the vocabulary, specials included, >= {MIN_VOCAB_SIZE} "
                    "(default: %(default)s)")
     t.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
-    t.add_argument("--max-chars", type=int, default=20_000_000,
+    t.add_argument("--max-chars", type=int, default=20_000_000, metavar="N",
                    help="cap on training text, shared evenly by the inputs (default: %(default)s)")
     t.set_defaults(func=_cmd_train)
 
@@ -503,6 +517,6 @@ def add_cli(subparsers) -> None:
                        description="Print bytes/token and chars/token of the tokenizer on each corpus.")
     s.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
     s.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
-    s.add_argument("--max-chars", type=int, default=2_000_000,
+    s.add_argument("--max-chars", type=int, default=2_000_000, metavar="N",
                    help="text measured per corpus (default: %(default)s)")
     s.set_defaults(func=_cmd_stats)

@@ -1,13 +1,16 @@
 """B x T next-token batches sampled from the mixture by weight, as a pure function of the step.
 
-Because a batch depends only on (seed, step), resuming is resuming the step counter, and data
-parallelism is exact: the global batch of a step is drawn once and rank r, micro step m takes rows
-[(m * world + r) * B, ... + B). One process with 2 accumulation steps sees the same rows as two.
+The global batch of optimizer step `step` is micro_batch_size * grad_accum_steps * world_size rows drawn
+with np.random.default_rng([seed, step]): each row picks a corpus by mixture weight, then a uniform window
+start in its train split. Rank r at micro step m takes rows [(m * world_size + r) * B, ... + B). So:
+- resuming is resuming the step counter (nothing else to save but the seed),
+- data parallelism is exact: 1 process x 2 accumulation steps sees the same rows as 2 processes x 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,41 +21,55 @@ from .shards import PreparedData
 
 class BatchLoader:
     def __init__(self, data: PreparedData, block_size: int, seed: int = 1337):
-        self.data, self.block_size, self.seed = data, block_size, seed
-        self.weights = np.array([c.weight for c in data.corpora], dtype=np.float64)
+        if block_size < 1:
+            raise DataError(f"block_size must be >= 1, got {block_size}")
+        self.data = data.fit_block_size(block_size)  # DataError naming a corpus too short for one window
+        self.block_size, self.seed = block_size, seed
+        self.weights = np.array([c.weight for c in self.data.corpora], dtype=np.float64)
         self.weights /= self.weights.sum()
-        for c in data.corpora:
-            for split, toks in (("train", c.train), ("val", c.val)):
-                if len(toks) < block_size + 1:
-                    raise DataError(f"corpus {c.name!r}: its {split} split has {len(toks)} tokens, fewer than "
-                                    f"model.block_size + 1 = {block_size + 1}; use more text or a shorter context")
+        self._spans = np.array([len(c.train) - block_size for c in self.data.corpora], dtype=np.int64)
 
     def rows(self, step: int, n_rows: int) -> list[tuple[int, int]]:
         """(corpus index, window start) of every row of the global batch of `step`."""
         rng = np.random.default_rng([self.seed, step])
         which = rng.choice(len(self.weights), size=n_rows, p=self.weights)
-        u = rng.random(n_rows)
-        spans = np.array([len(self.data.corpora[i].train) - self.block_size for i in which])
-        return list(zip(which.tolist(), (u * spans).astype(np.int64).tolist(), strict=True))
+        starts = rng.integers(0, self._spans[which])  # uniform in [0, len(train) - block_size)
+        return list(zip(which.tolist(), starts.tolist(), strict=True))
 
     def get_batch(self, step: int, micro_step: int, micro_batch_size: int, grad_accum_steps: int,
                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) int64 tensors of shape (micro_batch_size, block_size); y is x shifted left by one."""
+        if not (0 <= micro_step < grad_accum_steps and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= micro_step < grad_accum_steps and 0 <= rank < world_size, got "
+                             f"micro_step={micro_step}, grad_accum_steps={grad_accum_steps}, rank={rank}, "
+                             f"world_size={world_size}")
         rows = self.rows(step, micro_batch_size * grad_accum_steps * world_size)
         lo = (micro_step * world_size + rank) * micro_batch_size
-        mine = rows[lo: lo + micro_batch_size]
-        t = torch.from_numpy(np.stack([self.data.corpora[i].train.window(s, self.block_size + 1) for i, s in mine]))
+        return self._stack([(self.data.corpora[i].train, s) for i, s in rows[lo: lo + micro_batch_size]])
+
+    def _stack(self, windows) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(np.stack([tokens.window(s, self.block_size + 1) for tokens, s in windows]))
         return t[:, :-1], t[:, 1:]
 
-    def val_batches(self, corpus_name: str, batch_size: int, max_batches: int) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Fixed non-overlapping windows of the corpus' held-out split, evenly spread over it."""
+    def val_batches(self, corpus_name: str, batch_size: int,
+                    max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed, non-overlapping windows of the corpus' val split, evenly spread over it when there are
+        more than batch_size * max_batches; the same windows on every call."""
         val = self.data.corpus(corpus_name).val
         n_windows = (len(val) - 1) // self.block_size
         take = min(n_windows, batch_size * max_batches)
+        if take <= 0:
+            return
         idx = np.linspace(0, n_windows - 1, take).round().astype(np.int64)
         for i in range(0, take, batch_size):
-            t = torch.from_numpy(np.stack([val.window(int(w) * self.block_size, self.block_size + 1)
-                                           for w in idx[i: i + batch_size]]))
-            yield t[:, :-1], t[:, 1:]
+            yield self._stack([(val, int(w) * self.block_size) for w in idx[i: i + batch_size]])
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
+        """All the loader's state: batches are a function of (seed, step), the step is the trainer's."""
         return {"seed": self.seed, "block_size": self.block_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["block_size"] != self.block_size:
+            raise DataError(f"the saved loader used block_size {state['block_size']}, this one "
+                            f"{self.block_size}: resume with the same model.block_size")
+        self.seed = int(state["seed"])

@@ -1,4 +1,12 @@
-"""Readers: documents (strings) out of .txt, .jsonl, .parquet files, directories, and builtin corpora."""
+"""Readers: documents (strings) out of .txt/.md, .jsonl and .parquet files, directories and builtin corpora.
+
+    read_documents("notes.txt")                 # the whole file is one document
+    read_documents("web.jsonl", text_field="t") # one document per line, from field "t"
+    read_documents("dump/")                     # every supported file below, in sorted path order
+    read_documents("builtin:shakespeare")       # an embedded corpus (see corpora.py)
+
+Every problem with the input raises DataError naming the file, the line (or row) and the field.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +14,45 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-SUFFIXES = (".txt", ".md", ".jsonl", ".parquet")
+TEXT_SUFFIXES = (".txt", ".md")
+SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
+PARQUET_BATCH_ROWS = 1024
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
+    """Bad input data or data config; the message names the file, line and field involved."""
 
 
-def _decode(raw: bytes, path: Path, line: int | None = None) -> str:
+def _decode(raw: bytes, path: Path, line: int, line_offset: int = 0) -> str:
+    """UTF-8 decode `raw` (which starts at byte `line_offset` of the file, on line `line`)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        if line is None:  # find the line of the bad byte for the message
-            line = raw[: e.start].count(b"\n") + 1
-            offset = e.start
-        else:
-            offset = e.start
-        raise DataError(f"{path}: line {line}: invalid UTF-8 byte 0x{raw[e.start]:02x} at byte offset {offset} "
-                        "(convert the file to UTF-8)") from None
+        line += raw.count(b"\n", 0, e.start)
+        raise DataError(f"{path}: line {line}: invalid UTF-8 byte 0x{raw[e.start]:02x} at byte offset "
+                        f"{line_offset + e.start} (convert the file to UTF-8)") from None
 
 
-def _read_txt(path: Path) -> Iterator[str]:
-    yield _decode(path.read_bytes(), path)
+def _read_text(path: Path) -> Iterator[str]:
+    yield _decode(path.read_bytes(), path, line=1)
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+    offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            line = _decode(raw, path, lineno)
+            line = _decode(raw, path, lineno, offset)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}: line {lineno}: malformed JSON "
+                                f"({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno}: expected a JSON object with a {text_field!r} field")
+                raise DataError(f"{path}: line {lineno}: expected a JSON object with a {text_field!r} field, "
+                                f"got {type(obj).__name__}")
             text = obj.get(text_field)
             if not isinstance(text, str):
                 what = "missing" if text_field not in obj else f"not a string ({type(text).__name__})"
@@ -53,69 +64,67 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'gptrecipe[parquet]'") from None
+        raise DataError(f"{path}: reading .parquet files needs pyarrow: "
+                        "pip install 'gptrecipe[parquet]'") from None
     try:
         pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises ArrowInvalid and friends
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ...
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
-    if text_field not in pf.schema_arrow.names:
-        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)})")
+    names = pf.schema_arrow.names
+    if text_field not in names:
+        raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(names)})")
     row = 0
-    for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
+    for batch in pf.iter_batches(columns=[text_field], batch_size=PARQUET_BATCH_ROWS):
         for value in batch.column(0).to_pylist():
             row += 1
             if value is None:
                 continue
             if not isinstance(value, str):
-                raise DataError(f"{path}: row {row}: column {text_field!r} is not text")
+                raise DataError(f"{path}: row {row}: column {text_field!r} is not text "
+                                f"({type(value).__name__})")
             yield value
 
 
-def read_documents(source: str | Path, *, text_field: str = "text") -> Iterator[str]:
-    """Yield the non-empty documents of a file, a directory (recursively) or `builtin:NAME`."""
-    src = str(source)
-    count = 0
-    for doc in _iter_source(src, text_field):
-        if doc.strip():
-            count += 1
-            yield doc
-    if count == 0:
-        raise DataError(f"empty corpus: {src} has no non-empty documents")
-
-
-def _iter_source(src: str, text_field: str) -> Iterator[str]:
-    if src.startswith("builtin:"):
-        from .corpora import builtin_documents
-
-        yield from builtin_documents(src.removeprefix("builtin:"))
-        return
-    path = Path(src)
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-        if not files:
-            raise DataError(f"{path}: directory has no {', '.join(SUFFIXES)} files")
-        for f in files:
-            yield from _iter_file(f, text_field)
-    elif path.is_file():
-        yield from _iter_file(path, text_field)
-    else:
-        raise DataError(f"{path}: no such file or directory")
-
-
-def _iter_file(path: Path, text_field: str) -> Iterator[str]:
-    if path.suffix in (".txt", ".md"):
-        yield from _read_txt(path)
-    elif path.suffix == ".jsonl":
+def _read_file(path: Path, text_field: str) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        yield from _read_text(path)
+    elif suffix == ".jsonl":
         yield from _read_jsonl(path, text_field)
-    elif path.suffix == ".parquet":
+    elif suffix == ".parquet":
         yield from _read_parquet(path, text_field)
     else:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
 
 
-def source_files(src: str) -> list[Path]:
-    """The files a (non-builtin) source reads, for content hashing."""
-    path = Path(src)
+def source_files(source: str | Path) -> list[Path]:
+    """The files a (non-builtin) source reads, in reading order: the file itself, or the supported files
+    below a directory (recursively, sorted, hidden files and folders skipped)."""
+    path = Path(source)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
-    return [path]
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"{path}: the directory has no {', '.join(SUFFIXES)} files")
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"{path}: no such file or directory")
+
+
+def read_documents(source: str | Path, *, text_field: str = "text") -> Iterator[str]:
+    """Yield the non-empty documents of a file, a directory (recursively) or `builtin:NAME`."""
+    src = str(source)
+    if src.startswith("builtin:"):
+        from .corpora import builtin_documents
+
+        docs = builtin_documents(src.removeprefix("builtin:"))
+    else:
+        docs = (doc for f in source_files(src) for doc in _read_file(f, text_field))
+    count = 0
+    for doc in docs:
+        if doc.strip():
+            count += 1
+            yield doc
+    if count == 0:
+        raise DataError(f"empty corpus: {src} holds no non-empty document")
