@@ -60,6 +60,11 @@ class ChatTemplate:
         """The conversation so far, then <|assistant|>: what the model continues to reply."""
         return self.render(messages).ids + [self.role_ids["assistant"]]
 
+    def prompts_that_fit(self, prompts: list[str], max_new_tokens: int, block_size: int) -> tuple[list[str], int]:
+        """User prompts whose rendering leaves room for `max_new_tokens` in the context; and how many did not."""
+        keep = [p for p in prompts if len(self.prompt_ids([Message("user", p)])) + max_new_tokens <= block_size]
+        return keep, len(prompts) - len(keep)
+
     @property
     def stop_ids(self) -> list[int]:
         return [self.end, self.bos]

@@ -106,6 +106,11 @@ def _run_sample(args) -> int:
     return 0
 
 
+def _with_flags(args, *names: str) -> list[str]:
+    """The KEY=VALUE overrides plus `name=value` for each of these flags that was given."""
+    return list(args.overrides) + [f"{n}={getattr(args, n)}" for n in names if getattr(args, n)]
+
+
 def _add_sft(sub) -> None:
     p = sub.add_parser("sft", help="supervised fine-tuning for chat (loss on assistant tokens only)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -124,10 +129,7 @@ def _add_sft(sub) -> None:
 def _run_sft(args) -> int:
     from .sft import load_sft_config, sft
 
-    overrides = list(args.overrides)
-    overrides += [f"init={args.init}"] if args.init else []
-    overrides += [f"data={args.data}"] if args.data else []
-    cfg = load_sft_config(args.config, overrides)
+    cfg = load_sft_config(args.config, _with_flags(args, "init", "data"))
     result = sft(cfg, resume=args.resume)
     if result.evals:
         print(f"done: step {result.final_step}, val loss {result.evals[-1]['val_loss']:.4f}, "
@@ -194,10 +196,7 @@ def _run_rm(args) -> int:
             raise ConfigError("usage: gptrecipe rm score CHECKPOINT --data pairs.jsonl")
         score_file(args.overrides[1], args.data, out=sys.stdout)
         return 0
-    overrides = list(args.overrides)
-    overrides += [f"init={args.init}"] if args.init else []
-    overrides += [f"data={args.data}"] if args.data else []
-    cfg = load_rm_config(args.config, overrides)
+    cfg = load_rm_config(args.config, _with_flags(args, "init", "data"))
     result = train_reward_model(cfg, resume=args.resume)
     if result.evals:
         print(f"done: held-out pairwise accuracy {result.evals[-1]['val_accuracy']:.3f}, "
@@ -222,10 +221,7 @@ def _add_ppo(sub) -> None:
 def _run_ppo(args) -> int:
     from .ppo import load_ppo_config, ppo
 
-    overrides = list(args.overrides)
-    overrides += [f"sft={args.sft}"] if args.sft else []
-    overrides += [f"rm={args.rm}"] if args.rm else []
-    cfg = load_ppo_config(args.config, overrides)
+    cfg = load_ppo_config(args.config, _with_flags(args, "sft", "rm"))
     result = ppo(cfg, resume=args.resume)
     if result.evals:
         first, last = result.evals[0], result.evals[-1]

@@ -173,3 +173,9 @@ def dump_toml(cfg: Any) -> str:
 
     emit(to_dict(cfg), "")
     return "\n".join(lines).strip() + "\n"
+
+
+def load_config(cls: type[T], kind: str, preset: str | None = None, overrides: list[str] = ()) -> T:
+    """Dataclass defaults <- preset `configs/<kind>/<preset>.toml` (or a TOML path) <- KEY=VALUE overrides."""
+    raw = load_toml(find_preset(kind, preset)) if preset else {}
+    return apply_overrides(from_dict(cls, raw), list(overrides))

@@ -12,16 +12,17 @@ from collections.abc import Callable
 
 Labeler = Callable[[str, list[str]], list[float]]
 
-# A clear preference a tiny model can learn and a person can check: warm, positive replies.
+# A clear preference a tiny model can learn and a person can check: warm, personal, positive replies.
+# Dense on purpose: common words ("you", "i", "really") give even a weak SFT model a non-zero baseline.
 POSITIVE_WORDS = frozenset(
-    "good great glad happy love like nice thank thanks wonderful yes sure please kind enjoy fun "
-    "beautiful best friend welcome excellent awesome".split())
+    "you your i like love good great glad happy nice thank thanks yes sure please well fun friend enjoy "
+    "wonderful beautiful best welcome excellent awesome kind really very certainly right feel".split())
 _WORD = re.compile(r"[a-z']+")
 
 
 def positivity(response: str) -> float:
-    """Gold score: distinct positive words used, minus a penalty for repeating any word more than twice
-    (so degenerate 'good good good ...' replies, the classic reward hack, score low)."""
+    """Gold score: distinct words of POSITIVE_WORDS used, minus 0.5 for each repetition of a word beyond its
+    second use (so degenerate 'good good good ...' replies, the classic reward hack, score low)."""
     words = _WORD.findall(response.lower())
     if not words:
         return 0.0

@@ -16,12 +16,13 @@ from .sft import load_sft_config, sft
 
 
 def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun", sft_preset: str = "tiny",
-                 rank_prompts: int = 300,
+                 rank_prompts: int = 300, data_paths: list[str] | None = None, sft_overrides: list[str] = (),
+                 rm_overrides: list[str] = (), ppo_overrides: list[str] = (),
                  out_dir: str = "runs", resume: bool = False, log=print) -> Path:
     """Run the stages in order under out_dir/name and return the path of report.md."""
     root = Path(out_dir) / name
     timings: list[dict] = []
-    cfg = load_pretrain_config(preset, list(overrides))
+    cfg = load_pretrain_config(preset, list(overrides), data_paths=data_paths)
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
@@ -38,14 +39,16 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
 
     log("== stage 3/4: supervised fine-tuning for chat")
     t = time.perf_counter()
-    sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}"])
+    sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}", *sft_overrides])
     sft_result = sft(sft_cfg, resume=resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
     log("== stage 4/4: RLHF: rank (simulated labeler) -> reward model -> PPO")
     t = time.perf_counter()
     rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
-                                 labeler="builtin:positivity", rank_prompts=rank_prompts), resume=resume, log=log)
+                                 labeler="builtin:positivity", rank_prompts=rank_prompts,
+                                 rm_overrides=list(rm_overrides), ppo_overrides=list(ppo_overrides)),
+                     resume=resume, log=log)
     timings.append({"stage": "rlhf (rank + rm + ppo)", "seconds": round(time.perf_counter() - t, 1)})
     rl = rounds[-1]
     ppo_dir = Path(rl["ppo_dir"]).relative_to(root)

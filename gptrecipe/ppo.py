@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message
 from .checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
+from .config import ConfigError, dump_toml, load_config, to_dict
 from .model import GPT, optimizer_groups
 from .rm import RewardEncoder, RewardModel, load_reward_model, score
 from .sample import SamplingConfig, generate_ids
@@ -77,8 +77,7 @@ class PPOConfig:
 
 
 def load_ppo_config(preset: str | None = None, overrides: list[str] = ()) -> PPOConfig:
-    raw = load_toml(find_preset("ppo", preset)) if preset else {}
-    return apply_overrides(from_dict(PPOConfig, raw), list(overrides))
+    return load_config(PPOConfig, "ppo", preset, overrides)
 
 
 # ---- the math, as small pure functions (tested against hand-computed examples) -----------------
@@ -348,7 +347,11 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     if tok.fingerprint != Tokenizer.from_file(sft_ckpt / "tokenizer.json").fingerprint:
         raise ConfigError("ppo: the SFT model and the reward model use different tokenizers")
     ac = ActorCritic(policy, value)
-    train_prompts, val_prompts = split_prompts(load_prompts(cfg.prompts), cfg.val_prompts, cfg.train.seed)
+    prompts, too_long = ChatTemplate(tok).prompts_that_fit(load_prompts(cfg.prompts), cfg.max_new_tokens,
+                                                           policy.config.block_size)
+    if not prompts:
+        raise ConfigError(f"ppo: no prompt of {cfg.prompts} fits the context with max_new_tokens={cfg.max_new_tokens}")
+    train_prompts, val_prompts = split_prompts(prompts, cfg.val_prompts, cfg.train.seed)
     ptx_loader = None
     if cfg.gamma_ptx > 0:
         from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
@@ -365,7 +368,8 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
     run_config = {"stage": "ppo", "model": dataclasses.asdict(policy.config), "run": to_dict(cfg),
                   "tokenizer_fingerprint": tok.fingerprint}
-    log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts; {cfg.rollout_batch} rollouts "
+    log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts ({too_long} too long, skipped); "
+        f"{cfg.rollout_batch} rollouts "
         f"per {cfg.updates_per_rollout} updates")
     result = train(ac, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=sft_ckpt / "tokenizer.json",
                    resume=resume)

@@ -34,6 +34,7 @@ class RankConfig:
     labeler: str = "human"  # human | builtin:positivity | package.module:function
     max_prompts: int = 0  # 0 = all
     batch_prompts: int = 16  # prompts sampled together (programmatic labelers)
+    keep_ties: bool = False  # keep prompts whose K responses a labeler scores all equal (arbitrary order)
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=40, temperature=1.0,
                                                                            seed=0))
 
@@ -120,20 +121,32 @@ def rank(cfg: RankConfig, *, labeler: Labeler | None = None, inp: Callable[[str]
     prompts = load_prompts(cfg.prompts)
     if cfg.max_prompts:
         prompts = prompts[: cfg.max_prompts]
+    prompts, too_long = template.prompts_that_fit(prompts, cfg.sample.max_new_tokens, model.config.block_size)
+    if too_long:
+        log(f"rank: skipping {too_long} prompts too long for the context ({model.config.block_size} tokens)")
     done = done_prompts(out)
     todo = [p for p in prompts if p not in done]
     log(f"rank: {len(done)} prompts already ranked in {out}, {len(todo)} to go, K={cfg.k}")
     human = cfg.labeler == "human" and labeler is None
     labeler = labeler or (None if human else load_labeler(cfg.labeler))
     step = 1 if human else cfg.batch_prompts
+    skipped = 0
     for b in range(0, len(todo), step):
         batch = todo[b: b + step]
         ids = [template.prompt_ids([Message("user", p)]) for p in batch for _ in range(cfg.k)]
         texts = [c.text.strip() for c in generate(model, tok, ids, cfg.sample, stop_ids=template.stop_ids)]
         for i, prompt in enumerate(batch):
             responses = texts[i * cfg.k: (i + 1) * cfg.k]
-            order = ask_person(prompt, responses, inp) if human else order_from_scores(labeler(prompt, responses))
+            if human:
+                order = ask_person(prompt, responses, inp)
+            else:
+                scores = labeler(prompt, responses)
+                # all K equally good: no preference to learn, and an arbitrary order would only be noise
+                order = None if len(set(scores)) == 1 and not cfg.keep_ties else order_from_scores(scores)
             if order is None:
+                skipped += 1
                 continue
             append_line(out, {"prompt": prompt, "responses": [responses[j] for j in order]})
+    if skipped:
+        log(f"rank: skipped {skipped} prompts ({'by you' if human else 'all K responses scored the same'})")
     return out

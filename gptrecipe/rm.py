@@ -32,7 +32,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
+from .config import ConfigError, dump_toml, load_config, to_dict
 from .data.readers import DataError
 from .model import GPT, GPTConfig, optimizer_groups
 from .report import md_table, plot_losses, write_markdown
@@ -205,8 +205,7 @@ class RMConfig:
 
 
 def load_rm_config(preset: str | None = None, overrides: list[str] = ()) -> RMConfig:
-    raw = load_toml(find_preset("rm", preset)) if preset else {}
-    return apply_overrides(from_dict(RMConfig, raw), list(overrides))
+    return load_config(RMConfig, "rm", preset, overrides)
 
 
 def load_reward_model(path: str | Path, device="cpu") -> tuple[RewardModel, Tokenizer, RewardEncoder]:

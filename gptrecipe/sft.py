@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message, RenderedChat, read_conversations
 from .checkpoint import load_model, resolve_checkpoint
-from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
+from .config import ConfigError, dump_toml, load_config, to_dict
 from .data.readers import DataError
 from .model import IGNORE_INDEX
 from .report import md_table, plot_losses, write_markdown
@@ -49,8 +49,7 @@ class SFTConfig:
 
 
 def load_sft_config(preset: str | None = None, overrides: list[str] = ()) -> SFTConfig:
-    raw = load_toml(find_preset("sft", preset)) if preset else {}
-    return apply_overrides(from_dict(SFTConfig, raw), list(overrides))
+    return load_config(SFTConfig, "sft", preset, overrides)
 
 
 def load_chats(source: str) -> list[list[Message]]:

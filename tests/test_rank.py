@@ -23,7 +23,7 @@ def sft_ckpt(small_tok, tmp_path):
 
 
 def test_positivity_gold_score():
-    assert positivity("I am glad, thank you, that is great!") == 3.0
+    assert positivity("I am glad, thank you, that is great!") == 5.0  # i, glad, thank, you, great
     assert positivity("") == 0.0 and positivity("the machine") == 0.0
     assert positivity("good good good good good") == 1.0 - 0.5 * 3  # repetition is penalised
     assert load_labeler("builtin:positivity")("p", ["nice", "bad"]) == [1.0, 0.0]
