@@ -251,6 +251,12 @@ class PPOTask:
     def gold_mean(self, prompts: list[str], responses: list[list[int]]) -> float:
         return float(np.mean([self.gold(p, [self.tok.decode(r)])[0] for p, r in zip(prompts, responses, strict=True)]))
 
+    def state_dict(self) -> dict[str, float]:
+        return {"beta": self.kl_ctl.beta}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.kl_ctl.beta = float(state["beta"])
+
     # the TrainTask interface ----------------------------------------------------------------
     def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
         cfg = self.cfg
@@ -329,6 +335,9 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
 
     if not cfg.sft or not cfg.rm:
         raise ConfigError("ppo: set sft=<SFT checkpoint> and rm=<reward model checkpoint>")
+    if cfg.train.checkpoint_every % cfg.updates_per_rollout:
+        raise ConfigError(f"ppo: train.checkpoint_every ({cfg.train.checkpoint_every}) must be a multiple of the "
+                          f"updates per rollout ({cfg.updates_per_rollout}), so a resumed run restarts at a rollout")
     if cfg.rollout_batch % cfg.minibatches:
         raise ConfigError(f"ppo: rollout_batch {cfg.rollout_batch} must be divisible by minibatches {cfg.minibatches}")
     sft_ckpt = resolve_checkpoint(cfg.sft)

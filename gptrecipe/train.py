@@ -149,7 +149,7 @@ def train(
                                   fused=device.type == "cuda")
     start_step = 0
     if resume:
-        start_step = _restore(model, optimizer, ckpt_root, run_config, device)
+        start_step = _restore(model, optimizer, task, ckpt_root, run_config, device)
     fwd_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
     if info.enabled:
         fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -220,7 +220,8 @@ def train(
                 metrics.write({"step": step + 1, "sample": text})
                 result.samples.append({"step": step + 1, "sample": text})
         if last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            result.checkpoint = _save(model, optimizer, ckpt_root, step + 1, run_config, tokenizer_path, info, cfg)
+            result.checkpoint = _save(model, optimizer, task, ckpt_root, step + 1, run_config, tokenizer_path, info,
+                                      cfg)
     bar.close()
     # median step time, skipping the first (warm-up, compilation) steps
     steady = sorted(step_times[min(len(step_times) - 1, 3):]) if step_times else []
@@ -255,11 +256,13 @@ def _samples(model, task: TrainTask, device, dtype) -> list[str]:
     return texts
 
 
-def _save(model, optimizer, ckpt_root: Path, step: int, run_config: dict[str, Any],
+def _save(model, optimizer, task, ckpt_root: Path, step: int, run_config: dict[str, Any],
           tokenizer_path, info: DistInfo, cfg: TrainConfig) -> Path:
     path = ckpt_root / f"step_{step:07d}"
     if info.is_main:
         state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
+        if hasattr(task, "state_dict"):  # a stage's own state (e.g. PPO's adaptive KL coefficient)
+            state["task"] = task.state_dict()
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         ckpt_lib.save_checkpoint(path, model, run_config, trainer_state=state, tokenizer_path=tokenizer_path)
@@ -269,7 +272,7 @@ def _save(model, optimizer, ckpt_root: Path, step: int, run_config: dict[str, An
     return path
 
 
-def _restore(model, optimizer, ckpt_root: Path, run_config: dict[str, Any], device) -> int:
+def _restore(model, optimizer, task, ckpt_root: Path, run_config: dict[str, Any], device) -> int:
     """Load weights, optimizer and RNG from the latest checkpoint; returns the step to continue from."""
     try:
         path = ckpt_lib.resolve_checkpoint(ckpt_root)
@@ -288,6 +291,8 @@ def _restore(model, optimizer, ckpt_root: Path, run_config: dict[str, Any], devi
     state = ckpt_lib.load_trainer_state(path)
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
+    if "task" in state and hasattr(task, "load_state_dict"):
+        task.load_state_dict(state["task"])
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng_cuda"])
     model.to(device)

@@ -58,7 +58,10 @@ def test_adaptive_kl_controller():
     assert c2.beta == 0.1  # fixed
 
 
-def test_ppo_raises_reward_with_bounded_kl(small_tok, tmp_path):
+@pytest.fixture(scope="module")
+def sft_and_rm(small_tok, tmp_path_factory):
+    """A tiny SFT checkpoint and a reward model trained on a separable toy preference ('good' > 'bad')."""
+    tmp_path = tmp_path_factory.mktemp("ppo")
     torch.manual_seed(0)
     sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
     small_tok.save(tmp_path / "tok.json")
@@ -67,19 +70,29 @@ def test_ppo_raises_reward_with_bounded_kl(small_tok, tmp_path):
     ranks = tmp_path / "rankings.jsonl"
     ranks.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
                              for r in toy_rankings(80)))
-    quiet = dict(device="cpu", progress=False, dtype="fp32")
     train_reward_model(RMConfig(out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(ranks),
                                 train=TrainConfig(max_steps=40, micro_batch_size=8, lr=3e-3, warmup_steps=5,
-                                                  eval_every=40, checkpoint_every=40, **quiet)),
+                                                  eval_every=40, checkpoint_every=40, **QUIET)),
                        log=lambda *a: None)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"hello {i} what is the machine" for i in range(40)))
-    cfg = PPOConfig(out_dir=str(tmp_path), sft=str(tmp_path / "sft"), rm=str(tmp_path / "rm"),
-                    prompts=str(prompts), val_prompts=8, rollout_batch=16, minibatches=2, ppo_epochs=2,
-                    max_new_tokens=8, beta=0.02, gold_labeler="builtin:positivity",
-                    train=TrainConfig(max_steps=80, micro_batch_size=8, lr=1e-2, warmup_steps=0, min_lr_ratio=1.0,
-                                      weight_decay=0.0, eval_every=80, checkpoint_every=40, **quiet))
-    res = ppo(cfg, log=lambda *a: None)
+    return tmp_path
+
+
+QUIET = dict(device="cpu", progress=False, dtype="fp32")
+
+
+def ppo_cfg(base, out, target_kl: float = 0.0, **train) -> PPOConfig:
+    t = dict(max_steps=80, micro_batch_size=8, lr=1e-2, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
+             eval_every=80, checkpoint_every=40, **QUIET)
+    t.update(train)
+    return PPOConfig(out_dir=str(out), sft=str(base / "sft"), rm=str(base / "rm"), prompts=str(base / "prompts.txt"),
+                     val_prompts=8, rollout_batch=16, minibatches=2, ppo_epochs=2, max_new_tokens=8, beta=0.02,
+                     target_kl=target_kl, kl_horizon=100, gold_labeler="builtin:positivity", train=TrainConfig(**t))
+
+
+def test_ppo_raises_reward_with_bounded_kl(sft_and_rm, tmp_path):
+    res = ppo(ppo_cfg(sft_and_rm, tmp_path), log=lambda *a: None)
     first, last = res.evals[0], res.evals[-1]
     assert last["val_rm_score"] > first["val_rm_score"] + 0.5, (first, last)
     assert last["val_kl"] < 10.0
@@ -88,3 +101,15 @@ def test_ppo_raises_reward_with_bounded_kl(small_tok, tmp_path):
     assert step1["clip_frac"] == 0.0 and abs(step1["approx_kl_old"]) < 1e-5  # no dropout: ratio exactly 1
     assert {"rm_score", "kl", "entropy", "policy_loss", "value_loss", "response_len"} <= set(step1)
     assert (tmp_path / "ppo" / "policy" / "model.safetensors").exists()
+
+
+def test_ppo_resume_is_exact_and_keeps_the_kl_coefficient(sft_and_rm, tmp_path):
+    kw = dict(target_kl=1.0, checkpoint_every=4, eval_every=0)  # adaptive KL: beta must survive the resume
+    straight = ppo(ppo_cfg(sft_and_rm, tmp_path / "a", max_steps=12, **kw), log=lambda *a: None)
+    ppo(ppo_cfg(sft_and_rm, tmp_path / "b", max_steps=8, **kw), log=lambda *a: None)
+    resumed = ppo(ppo_cfg(sft_and_rm, tmp_path / "b", max_steps=12, **kw), resume=True, log=lambda *a: None)
+    assert sorted(resumed.losses) == [9, 10, 11, 12]
+    for s in range(9, 13):
+        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5), s
+    with pytest.raises(Exception, match="multiple of the updates per rollout"):
+        ppo(ppo_cfg(sft_and_rm, tmp_path / "c", checkpoint_every=3), log=lambda *a: None)
