@@ -365,7 +365,8 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     if cfg.gamma_ptx > 0:
         from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
 
-        data = prepare_data(DataConfig(corpora=[CorpusConfig("ptx", cfg.ptx_source)]), tok, show_progress=False)
+        data = prepare_data(DataConfig(corpora=[CorpusConfig("ptx", cfg.ptx_source)]), tok,
+                            block_size=policy.config.block_size, show_progress=False)
         ptx_loader = BatchLoader(data, block_size=policy.config.block_size, seed=cfg.train.seed)
     gold = None
     if cfg.gold_labeler:

@@ -140,7 +140,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log=print) -> TrainRe
         log = _quiet
     with rank_zero_first(info):  # rank 0 trains the tokenizer and fills the token cache; the others reuse it
         tokenizer = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
-        data = prepare_data(cfg.data, tokenizer, show_progress=cfg.train.progress and info.is_main)
+        data = prepare_data(cfg.data, tokenizer, block_size=cfg.model.block_size,
+                            show_progress=cfg.train.progress and info.is_main)
     if cfg.model.vocab_size != tokenizer.vocab_size:
         log(f"model.vocab_size {cfg.model.vocab_size} -> {tokenizer.vocab_size} (the tokenizer's)")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))

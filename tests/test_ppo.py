@@ -113,3 +113,14 @@ def test_ppo_resume_is_exact_and_keeps_the_kl_coefficient(sft_and_rm, tmp_path):
         assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5), s
     with pytest.raises(Exception, match="multiple of the updates per rollout"):
         ppo(ppo_cfg(sft_and_rm, tmp_path / "c", checkpoint_every=3), log=lambda *a: None)
+
+
+def test_ppo_ptx_mixes_in_the_pretraining_loss(sft_and_rm, tmp_path):
+    text = tmp_path / "pretrain.txt"
+    text.write_text("hello what is the machine, thank you. " * 400)
+    cfg = dataclasses.replace(ppo_cfg(sft_and_rm, tmp_path, max_steps=4, checkpoint_every=4, eval_every=0),
+                              gamma_ptx=0.5, ptx_source=str(text), ptx_batch=2)
+    ppo(cfg, log=lambda *a: None)
+    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    ptx = [r["ptx_loss"] for r in rows if "ptx_loss" in r]
+    assert len(ptx) == 4 and all(0 < v < 20 for v in ptx)
