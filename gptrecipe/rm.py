@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +27,9 @@ from .chat import ChatTemplate, Message, read_jsonl
 from .checkpoint import (
     CheckpointError,
     load_model,
-    load_trainer_state,
     load_weights,
     read_config,
     resolve_checkpoint,
-    save_checkpoint,
 )
 from .config import ConfigError, dump_toml, load_config, to_dict
 from .data.readers import DataError
@@ -215,6 +214,8 @@ def load_reward_model(path: str | Path, device="cpu") -> tuple[RewardModel, Toke
         raise CheckpointError(f"{ckpt} is a {cfg.get('stage')!r} checkpoint, not a reward model")
     model = RewardModel(GPTConfig(**cfg["model"]))
     load_weights(model, ckpt)
+    with torch.no_grad():
+        model.head.bias -= float(cfg.get("reward_shift", 0.0))
     tok = Tokenizer.from_file(ckpt / "tokenizer.json")
     return model.to(device).eval(), tok, RewardEncoder(tok, model.config.block_size)
 
@@ -227,6 +228,7 @@ def train_reward_model(cfg: RMConfig, *, resume: bool = False, log=print) -> Tra
     sft_model, _ = load_model(ckpt)
     tok = Tokenizer.from_file(ckpt / "tokenizer.json")
     config = dataclasses.replace(sft_model.config, dropout=0.0)
+    torch.manual_seed(cfg.train.seed)  # the new head's init is part of the run: same seed, same reward model
     model = RewardModel(config)
     model.gpt.load_state_dict(sft_model.state_dict())
     enc = RewardEncoder(tok, config.block_size)
@@ -244,16 +246,17 @@ def train_reward_model(cfg: RMConfig, *, resume: bool = False, log=print) -> Tra
                   "tokenizer_fingerprint": tok.fingerprint}
     result = train(model, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=ckpt / "tokenizer.json",
                    resume=resume)
-    # InstructGPT: shift the reward so the SFT model's responses (the ranked samples) average 0
+    # InstructGPT: shift the reward so the SFT model's responses (the ranked samples) average 0. The shift is
+    # recorded in the checkpoint's config and applied on load, so the trained weights stay resumable as saved.
     model.eval()
     rewards = score(model, enc, [r.prompt for r in train_set for _ in r.responses],
                     [x for r in train_set for x in r.responses])
     shift = float(np.mean(rewards))
-    with torch.no_grad():
-        model.head.bias -= shift
-    if result.checkpoint is not None:  # rewrite the final checkpoint with the shifted head
-        save_checkpoint(result.checkpoint, model, {**run_config, "reward_shift": shift},
-                        trainer_state=load_trainer_state(result.checkpoint), tokenizer_path=ckpt / "tokenizer.json")
+    if result.checkpoint is not None:
+        saved = read_config(result.checkpoint)
+        tmp = result.checkpoint / f".config.json.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({**saved, "reward_shift": shift}, indent=2))
+        os.replace(tmp, result.checkpoint / "config.json")
     if result.evals:
         write_rm_report(cfg, result, shift, len(train_set), len(val))
     return result

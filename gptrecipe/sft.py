@@ -175,7 +175,6 @@ def sft(cfg: SFTConfig, *, resume: bool = False, log=print) -> TrainResult:
                         sample_fn=lambda m: [f"User: {p}\nAssistant: {r}" for p, r in
                                              zip(cfg.sample_prompts, chat_replies(m, tok, cfg.sample_prompts,
                                                                                   cfg.sample), strict=True)])
-    model.config.dropout = 0.0
     run_config = {"stage": "sft", "model": dataclasses.asdict(model.config), "run": to_dict(cfg),
                   "init": str(ckpt), "tokenizer_fingerprint": tok.fingerprint,
                   "base": base_config.get("stage")}

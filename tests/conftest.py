@@ -55,3 +55,15 @@ def small_tok():
     text = ("Hello! How are you? I am fine, thank you. What is AI? Artificial intelligence is the study of "
             "machines that think. Tell me a joke. Why did the chicken cross the road? ") * 50
     return Tokenizer.train([text], 400, show_progress=False)
+
+
+def kill_after(run_dir, step: int) -> None:
+    """Make a finished run look killed right after its checkpoint at `step` (later checkpoints gone)."""
+    import shutil
+    from pathlib import Path
+
+    ckpts = Path(run_dir) / "checkpoints"
+    for d in ckpts.glob("step_*"):
+        if int(d.name.removeprefix("step_")) > step:
+            shutil.rmtree(d)
+    (ckpts / "latest").write_text(f"step_{step:07d}\n")

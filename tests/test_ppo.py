@@ -9,9 +9,8 @@ from gptrecipe.checkpoint import save_checkpoint
 from gptrecipe.model import GPT
 from gptrecipe.ppo import AdaptiveKL, PPOConfig, gae, kl_rewards, policy_loss, ppo, value_loss, whiten
 from gptrecipe.rm import RMConfig, train_reward_model
-from gptrecipe.train import TrainConfig
+from gptrecipe.train import TrainConfig, train
 from tests.conftest import tiny_config
-from tests.test_rm import toy_rankings
 
 
 def test_per_token_kl_reward_with_score_on_the_last_real_token():
@@ -58,18 +57,40 @@ def test_adaptive_kl_controller():
     assert c2.beta == 0.1  # fixed
 
 
+def short_is_better(n: int):
+    """A preference a policy can act on at once: shorter replies are better (best first: 1, 3, 6, 10 words)."""
+    import numpy as np
+
+    from gptrecipe.rm import Ranking
+
+    rng = np.random.default_rng(0)
+    words = ["you", "are", "thank", "hello", "fine", "what", "is", "the", "machine", "think"]
+    return [Ranking(f"hello {i} what is the machine",
+                    [" ".join(rng.choice(words, k)) for k in (1, 3, 6, 10)]) for i in range(n)]
+
+
 @pytest.fixture(scope="module")
 def sft_and_rm(small_tok, tmp_path_factory):
-    """A tiny SFT checkpoint and a reward model trained on a separable toy preference ('good' > 'bad')."""
+    """A tiny SFT checkpoint and a reward model trained on a separable toy preference (short > long)."""
     tmp_path = tmp_path_factory.mktemp("ppo")
     torch.manual_seed(0)
     sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
+    # a real (if tiny) SFT model: replies of 1 to 10 words that end with <|end|>, so PPO has behaviour to shift
+    from gptrecipe.chat import ChatTemplate, Message
+    from gptrecipe.sft import MaskedLMTask, render_all
+
+    chats = [[Message("user", r.prompt), Message("assistant", resp)]
+             for r in short_is_better(60) for resp in r.responses]
+    rows, _ = render_all(ChatTemplate(small_tok), chats, 64)
+    train(sft, MaskedLMTask(rows, rows[:8], small_tok.id_of("<|pad|>"), 0, 64), TrainConfig(
+        max_steps=60, micro_batch_size=16, lr=1e-2, warmup_steps=5, eval_every=0, checkpoint_every=0, **QUIET),
+        tmp_path / "sft_run", {})
     small_tok.save(tmp_path / "tok.json")
     save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
                     tokenizer_path=tmp_path / "tok.json")
     ranks = tmp_path / "rankings.jsonl"
     ranks.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
-                             for r in toy_rankings(80)))
+                             for r in short_is_better(120)))
     train_reward_model(RMConfig(out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(ranks),
                                 train=TrainConfig(max_steps=40, micro_batch_size=8, lr=3e-3, warmup_steps=5,
                                                   eval_every=40, checkpoint_every=40, **QUIET)),

@@ -22,7 +22,7 @@ from gptrecipe.rm import (
     train_reward_model,
 )
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import tiny_config
+from tests.conftest import kill_after, tiny_config
 
 
 def lsig(x: float) -> float:
@@ -115,3 +115,28 @@ def test_train_reward_model_end_to_end_and_mean_zero(small_tok, tmp_path):
                     [x for r in train_set for x in r.responses])
     assert abs(np.mean(rewards)) < 1e-3  # normalised: SFT responses average 0
     assert (tmp_path / "rm" / "report.md").exists()
+
+
+def test_rm_resume_is_exact(small_tok, tmp_path):
+    """A reward-model run killed at a checkpoint and resumed gives the losses of the uninterrupted run."""
+    torch.manual_seed(0)
+    sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
+    small_tok.save(tmp_path / "tok.json")
+    save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
+                    tokenizer_path=tmp_path / "tok.json")
+    data = tmp_path / "rankings.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
+                            for r in toy_rankings(40)))
+
+    def cfg(name: str, steps: int) -> RMConfig:
+        return RMConfig(name=name, out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(data),
+                        train=TrainConfig(max_steps=steps, micro_batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0,
+                                          checkpoint_every=4, device="cpu", progress=False, dtype="fp32"))
+
+    straight = train_reward_model(cfg("a", 8), log=lambda *a: None)
+    train_reward_model(cfg("b", 8), log=lambda *a: None)
+    kill_after(tmp_path / "b", 4)
+    resumed = train_reward_model(cfg("b", 8), resume=True, log=lambda *a: None)
+    assert sorted(resumed.losses) == [5, 6, 7, 8]
+    for s in range(5, 9):
+        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)

@@ -102,3 +102,35 @@ def test_sft_learns(small_tok, tmp_path):
                       device="cpu", progress=False, dtype="fp32")
     res = train(model, task, cfg, tmp_path, {})
     assert res.evals[0]["val_loss"] > 2 * res.evals[-1]["val_loss"] and res.evals[-1]["val_loss"] < 1.0
+
+
+def test_sft_stage_resume_is_exact(small_tok, tmp_path):
+    import dataclasses as dc
+    import json as js
+
+    from gptrecipe.checkpoint import save_checkpoint
+    from gptrecipe.sft import SFTConfig, sft
+    from tests.conftest import kill_after
+
+    torch.manual_seed(0)
+    base = GPT(tiny_config(vocab_size=small_tok.vocab_size, dropout=0.1))
+    small_tok.save(tmp_path / "tok.json")
+    save_checkpoint(tmp_path / "base", base, {"stage": "pretrain", "model": dc.asdict(base.config)},
+                    tokenizer_path=tmp_path / "tok.json")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(js.dumps({"prompt": f"Hello {i}!", "response": "Hi, how are you?"}) + "\n"
+                            for i in range(40)))
+
+    def cfg(name: str) -> SFTConfig:
+        return SFTConfig(name=name, out_dir=str(tmp_path), init=str(tmp_path / "base"), data=str(data),
+                         train=TrainConfig(max_steps=8, micro_batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0,
+                                           checkpoint_every=4, device="cpu", progress=False, dtype="fp32"),
+                         sample_prompts=["Hello"])
+
+    straight = sft(cfg("a"), log=lambda *a: None)
+    sft(cfg("b"), log=lambda *a: None)
+    kill_after(tmp_path / "b", 4)
+    resumed = sft(cfg("b"), resume=True, log=lambda *a: None)
+    assert sorted(resumed.losses) == [5, 6, 7, 8]
+    for s in range(5, 9):
+        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)
