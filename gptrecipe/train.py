@@ -146,7 +146,7 @@ def train(
 
     decay_groups = optimizer_groups(ckpt_lib.unwrap(model), cfg.weight_decay)
     optimizer = torch.optim.AdamW(decay_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                  fused=device.type == "cuda")
+                                  fused=device.type in ("cuda", "cpu"))  # one kernel for all params
     start_step = 0
     if resume:
         start_step = _restore(model, optimizer, task, ckpt_root, run_config, device)
