@@ -67,3 +67,26 @@ def kill_after(run_dir, step: int) -> None:
         if int(d.name.removeprefix("step_")) > step:
             shutil.rmtree(d)
     (ckpts / "latest").write_text(f"step_{step:07d}\n")
+
+
+def save_stage_checkpoint(path, model, tok, stage: str = "sft"):
+    """Save `model` (with its tokenizer) as a checkpoint of `stage`, as the stage commands would."""
+    import dataclasses
+    from pathlib import Path
+
+    from gptrecipe.checkpoint import save_checkpoint
+
+    path = Path(path)
+    tok_path = path.parent / "tok.json"
+    tok.save(tok_path)
+    return save_checkpoint(path, model, {"stage": stage, "model": dataclasses.asdict(model.config)},
+                           tokenizer_path=tok_path)
+
+
+def write_rankings(path, rankings) -> None:
+    """Rankings as the `rank` stage writes them: {"prompt", "responses": [best, ..., worst]} per line."""
+    import json
+    from pathlib import Path
+
+    Path(path).write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
+                                  for r in rankings))

@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from gptrecipe.checkpoint import save_checkpoint
 from gptrecipe.model import GPT
 from gptrecipe.ppo import AdaptiveKL, PPOConfig, gae, kl_rewards, policy_loss, ppo, value_loss, whiten
 from gptrecipe.rm import RMConfig, train_reward_model
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import tiny_config
+from tests.conftest import save_stage_checkpoint, tiny_config, write_rankings
 
 
 def test_per_token_kl_reward_with_score_on_the_last_real_token():
@@ -85,12 +84,9 @@ def sft_and_rm(small_tok, tmp_path_factory):
     train(sft, MaskedLMTask(rows, rows[:8], small_tok.id_of("<|pad|>"), 0, 64), TrainConfig(
         max_steps=60, micro_batch_size=16, lr=1e-2, warmup_steps=5, eval_every=0, checkpoint_every=0, **QUIET),
         tmp_path / "sft_run", {})
-    small_tok.save(tmp_path / "tok.json")
-    save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
-                    tokenizer_path=tmp_path / "tok.json")
+    save_stage_checkpoint(tmp_path / "sft", sft, small_tok)
     ranks = tmp_path / "rankings.jsonl"
-    ranks.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
-                             for r in short_is_better(120)))
+    write_rankings(ranks, short_is_better(120))
     train_reward_model(RMConfig(out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(ranks),
                                 train=TrainConfig(max_steps=40, micro_batch_size=8, lr=3e-3, warmup_steps=5,
                                                   eval_every=40, checkpoint_every=40, **QUIET)),

@@ -5,21 +5,18 @@ import json
 import pytest
 import torch
 
-from gptrecipe.checkpoint import save_checkpoint
 from gptrecipe.labelers import load_labeler, positivity
 from gptrecipe.model import GPT
 from gptrecipe.rank import RankConfig, ask_person, order_from_scores, parse_order, rank
 from gptrecipe.sample import SamplingConfig
-from tests.conftest import tiny_config
+from tests.conftest import save_stage_checkpoint, tiny_config
 
 
 @pytest.fixture
 def sft_ckpt(small_tok, tmp_path):
     torch.manual_seed(0)
     m = GPT(tiny_config(vocab_size=small_tok.vocab_size))
-    small_tok.save(tmp_path / "tok.json")
-    return save_checkpoint(tmp_path / "sft", m, {"stage": "sft", "model": dataclasses.asdict(m.config)},
-                           tokenizer_path=tmp_path / "tok.json")
+    return save_stage_checkpoint(tmp_path / "sft", m, small_tok)
 
 
 def test_positivity_gold_score():

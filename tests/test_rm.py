@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 
@@ -6,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from gptrecipe.checkpoint import save_checkpoint
 from gptrecipe.data.readers import DataError
 from gptrecipe.model import GPT
 from gptrecipe.rm import (
@@ -22,7 +20,7 @@ from gptrecipe.rm import (
     train_reward_model,
 )
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import kill_after, tiny_config
+from tests.conftest import kill_after, save_stage_checkpoint, tiny_config, write_rankings
 
 
 def lsig(x: float) -> float:
@@ -95,13 +93,9 @@ def test_rm_learns_a_separable_preference(small_tok, tmp_path):
 def test_train_reward_model_end_to_end_and_mean_zero(small_tok, tmp_path):
     torch.manual_seed(0)
     sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
-    tok_path = tmp_path / "tok.json"
-    small_tok.save(tok_path)
-    save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
-                    tokenizer_path=tok_path)
+    save_stage_checkpoint(tmp_path / "sft", sft, small_tok)
     data = tmp_path / "rankings.jsonl"
-    data.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
-                            for r in toy_rankings(60)))
+    write_rankings(data, toy_rankings(60))
     cfg = RMConfig(out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(data),
                    train=TrainConfig(max_steps=40, micro_batch_size=8, lr=3e-3, warmup_steps=5, eval_every=20,
                                      checkpoint_every=20, device="cpu", progress=False, dtype="fp32"))
@@ -121,12 +115,9 @@ def test_rm_resume_is_exact(small_tok, tmp_path):
     """A reward-model run killed at a checkpoint and resumed gives the losses of the uninterrupted run."""
     torch.manual_seed(0)
     sft = GPT(tiny_config(vocab_size=small_tok.vocab_size))
-    small_tok.save(tmp_path / "tok.json")
-    save_checkpoint(tmp_path / "sft", sft, {"stage": "sft", "model": dataclasses.asdict(sft.config)},
-                    tokenizer_path=tmp_path / "tok.json")
+    save_stage_checkpoint(tmp_path / "sft", sft, small_tok)
     data = tmp_path / "rankings.jsonl"
-    data.write_text("".join(json.dumps({"prompt": r.prompt, "responses": r.responses}) + "\n"
-                            for r in toy_rankings(40)))
+    write_rankings(data, toy_rankings(40))
 
     def cfg(name: str, steps: int) -> RMConfig:
         return RMConfig(name=name, out_dir=str(tmp_path), init=str(tmp_path / "sft"), data=str(data),
