@@ -44,7 +44,7 @@ from gptrecipe.model import GPT, GPTConfig  # noqa: E402
 from gptrecipe.ppo import ActorCritic, PPOConfig, PPOTask  # noqa: E402
 from gptrecipe.rm import RewardModel  # noqa: E402
 from gptrecipe.tokenizer import Tokenizer  # noqa: E402
-from gptrecipe.train import TrainConfig  # noqa: E402
+from gptrecipe.train import TrainConfig, make_optimizer  # noqa: E402
 
 DEFAULT_TRL_PYTHON = "/tmp/venv-trl/bin/python"
 TRL_SETUP = ("python3 -m venv /tmp/venv-trl\n"
@@ -113,7 +113,7 @@ def run_ours(a, tok: Tokenizer, prompts: list[str]) -> dict:
                     max_new_tokens=a.new_tokens, temperature=a.temperature, beta=a.beta, train=tcfg)
     ac = ActorCritic(policy, value)
     task = PPOTask(cfg, ac, ref, rm, tok, prompts, prompts[:8])
-    opt = torch.optim.AdamW(ac.optimizer_groups(0.0), lr=a.lr, betas=(tcfg.beta1, tcfg.beta2), eps=tcfg.eps)
+    opt = make_optimizer(ac, tcfg, torch.device("cpu"))  # the loop's own optimizer (fused AdamW)
 
     rollout_s: list[float] = []
     gen_s: list[float] = []

@@ -157,13 +157,20 @@ class ActorCritic(nn.Module):
         return optimizer_groups(self, weight_decay)
 
 
-def token_logprobs(model: GPT, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(ids[:, t+1] | ids[:, :t+1]) at the sampling temperature, and the entropy, for every position."""
-    logits = model(ids[:, :-1])[0].float() / temperature
-    logp_all = F.log_softmax(logits, -1)
-    logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+def token_logprobs(model: GPT, ids: torch.Tensor, temperature: float, mask: torch.Tensor | None = None,
+                   entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids[:, t+1] | ids[:, :t+1]) at the sampling temperature, (B, T-1), and optionally the entropy.
+
+    Given the response mask, the output layer (a vocab-sized matmul) runs only from the first column any row
+    needs; earlier columns are returned as 0. The prompt's own predictions are never used in PPO.
+    """
+    start = int(mask.any(0).nonzero()[0]) if mask is not None and bool(mask.any()) else 0
+    h = model.hidden_states(ids[:, :-1])[:, start:]
+    logp_all = F.log_softmax(model.lm_head(h).float() / temperature, -1)
+    logp = F.pad(logp_all.gather(-1, ids[:, start + 1:, None]).squeeze(-1), (start, 0))
+    if not entropy:
+        return logp, None
+    return logp, F.pad(-(logp_all.exp() * logp_all).sum(-1), (start, 0))
 
 
 # ---- the task --------------------------------------------------------------------------------
@@ -207,6 +214,23 @@ class PPOTask:
                 done[i] = bool(finished[i])
         return ids, out, ended
 
+    def sequences(self, prompt_ids: list[list[int]], responses: list[list[int]], ended: list[bool], device):
+        """Right-padded prompt + response (+ <|end|> when produced) ids, no position shift, and the response mask.
+
+        mask[:, t] = 1 where token t+1 is a response token: the positions whose log-probs, values and rewards count.
+        """
+        seqs = [p + r + ([self.template.end] if e else []) for p, r, e in zip(prompt_ids, responses, ended,
+                                                                               strict=True)]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width - 1)
+        for i, (s, p) in enumerate(zip(seqs, prompt_ids, strict=True)):
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, len(p) - 1: len(s) - 1] = 1.0
+        if bool((mask.sum(1) == 0).any()):  # a response that is only <|end|> still has one token; none can be empty
+            raise RuntimeError("rollout produced a row without response tokens")
+        return ids.to(device), mask.to(device)
+
     @torch.no_grad()
     def rollout(self, step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -215,21 +239,9 @@ class PPOTask:
         batch = [self.prompts[i] for i in rng.integers(0, len(self.prompts), cfg.rollout_batch)]
         self.ac.eval()
         prompt_ids, responses, ended = self.sample_responses(self.ac.policy, batch, seed=cfg.train.seed + step)
-        # sequences: prompt + response (+ <|end|> when the model produced it), right-padded, no position shift
-        seqs = [p + r + ([self.template.end] if e else []) for p, r, e in zip(prompt_ids, responses, ended,
-                                                                               strict=True)]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width - 1)  # mask[:, t] = token t+1 is a response token
-        for i, (s, p) in enumerate(zip(seqs, prompt_ids, strict=True)):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, len(p) - 1: len(s) - 1] = 1.0
-        ids, mask = ids.to(device), mask.to(device)
-        empty = mask.sum(1) == 0
-        if bool(empty.any()):  # a response that is only <|end|> still has one token; none can be empty
-            raise RuntimeError("rollout produced a row without response tokens")
-        logp, entropy = token_logprobs(self.ac.policy, ids, cfg.temperature)
-        logp_ref, _ = token_logprobs(self.ref, ids, cfg.temperature)
+        ids, mask = self.sequences(prompt_ids, responses, ended, device)
+        logp, entropy = token_logprobs(self.ac.policy, ids, cfg.temperature, mask, entropy=True)
+        logp_ref, _ = token_logprobs(self.ref, ids, cfg.temperature, mask)
         values = self.ac.values(ids)[:, :-1]  # V(state before each token)
         scores = torch.tensor(score(self.rm, self.enc, prompt_ids, responses), device=device)
         penalty = torch.tensor([0.0 if e else cfg.truncation_penalty for e in ended], device=device)
@@ -280,7 +292,7 @@ class PPOTask:
     def loss(self, model, batch) -> torch.Tensor:
         ids, mask, logp_old, v_old, adv, returns = batch[:6]
         ac = model.module if hasattr(model, "module") else model
-        logp, _ = token_logprobs(ac.policy, ids, self.cfg.temperature)
+        logp, _ = token_logprobs(ac.policy, ids, self.cfg.temperature, mask)
         v = ac.values(ids)[:, :-1]
         pg, clipfrac = policy_loss(logp, logp_old, adv, mask, self.cfg.clip)
         vf = value_loss(v, v_old, returns, mask, self.cfg.clip_value)
@@ -304,15 +316,11 @@ class PPOTask:
         scores = score(self.rm, self.enc, prompt_ids, responses)
         out = {"val_rm_score": float(np.mean(scores)), "val_ended_frac": float(np.mean(ended)),
                "val_response_len": float(np.mean([len(r) for r in responses]))}
-        seqs = [p + r for p, r in zip(prompt_ids, responses, strict=True)]
-        kls = []
-        for s, p in zip(seqs, prompt_ids, strict=True):
-            if len(s) > len(p):
-                t = torch.tensor([s], device=next(ac.parameters()).device)
-                a, _ = token_logprobs(ac.policy, t, self.cfg.temperature)
-                b, _ = token_logprobs(self.ref, t, self.cfg.temperature)
-                kls.append((a - b)[0, len(p) - 1:].sum().item())
-        out["val_kl"] = float(np.mean(kls)) if kls else 0.0
+        ids, mask = self.sequences(prompt_ids, responses, ended, next(ac.parameters()).device)
+        logp, entropy = token_logprobs(ac.policy, ids, self.cfg.temperature, mask, entropy=True)
+        logp_ref, _ = token_logprobs(self.ref, ids, self.cfg.temperature, mask)
+        out["val_kl"] = ((logp - logp_ref) * mask).sum(1).mean().item()  # nats per response, incl. <|end|>
+        out["val_entropy"] = ((entropy * mask).sum() / mask.sum()).item()
         if self.gold is not None:
             out["val_gold_score"] = self.gold_mean(prompts, responses)
         return out
@@ -393,4 +401,4 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
 def ppo_summary(result: TrainResult) -> dict[str, Any]:
     first, last = result.evals[0], result.evals[-1]
     return {k: (first.get(k, math.nan), last.get(k, math.nan)) for k in
-            ("val_rm_score", "val_gold_score", "val_kl", "val_response_len")}
+            ("val_rm_score", "val_gold_score", "val_kl", "val_entropy", "val_response_len")}

@@ -100,6 +100,18 @@ def append_line(path: Path, obj: dict) -> None:
         os.fsync(f.fileno())
 
 
+def drop_torn_line(path: Path) -> bool:
+    """Cut a last line without its newline (a write interrupted by kill -9); True if there was one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
 def done_prompts(path: Path) -> set[str]:
     if not path.exists():
         return set()
@@ -124,6 +136,8 @@ def rank(cfg: RankConfig, *, labeler: Labeler | None = None, inp: Callable[[str]
     prompts, too_long = template.prompts_that_fit(prompts, cfg.sample.max_new_tokens, model.config.block_size)
     if too_long:
         log(f"rank: skipping {too_long} prompts too long for the context ({model.config.block_size} tokens)")
+    if drop_torn_line(out):
+        log(f"rank: dropped an incomplete last line of {out} (an interrupted write); that prompt is ranked again")
     done = done_prompts(out)
     todo = [p for p in prompts if p not in done]
     log(f"rank: {len(done)} prompts already ranked in {out}, {len(todo)} to go, K={cfg.k}")

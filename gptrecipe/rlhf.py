@@ -86,7 +86,7 @@ def plot_ppo(metrics_path: Path, png_path: Path) -> Path:
     evals = [r for r in read_metrics(metrics_path) if "val_rm_score" in r]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), dpi=100)
     for ax, key, ev in zip(axes, ["rm_score", "kl", "entropy", "response_len"],
-                           ["val_rm_score", "val_kl", None, "val_response_len"], strict=True):
+                           ["val_rm_score", "val_kl", "val_entropy", "val_response_len"], strict=True):
         ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1, label="rollouts")
         if ev:
             ax.plot([r["step"] for r in evals], [r[ev] for r in evals], "o-", lw=1.5, label="held-out")

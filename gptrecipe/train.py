@@ -113,13 +113,27 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            kept = [ln for ln in _complete_lines(path) if json.loads(ln)["step"] <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """Non-empty lines, without a torn last line (no newline yet) that a kill -9 mid-write leaves behind."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    return [ln for ln in text.splitlines() if ln.strip()]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only; fused (one kernel for all parameters) on CPU and CUDA."""
+    return torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps, fused=device.type in ("cuda", "cpu"))
 
 
 def train(
@@ -144,9 +158,7 @@ def train(
     accum = grad_accum_steps(cfg, task.tokens_per_row, info.world_size)
     ckpt_root = run_dir / "checkpoints"
 
-    decay_groups = optimizer_groups(ckpt_lib.unwrap(model), cfg.weight_decay)
-    optimizer = torch.optim.AdamW(decay_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                  fused=device.type in ("cuda", "cpu"))  # one kernel for all params
+    optimizer = make_optimizer(ckpt_lib.unwrap(model), cfg, device)
     start_step = 0
     if resume:
         start_step = _restore(model, optimizer, task, ckpt_root, run_config, device)

@@ -141,3 +141,22 @@ def test_ppo_ptx_mixes_in_the_pretraining_loss(sft_and_rm, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     ptx = [r["ptx_loss"] for r in rows if "ptx_loss" in r]
     assert len(ptx) == 4 and all(0 < v < 20 for v in ptx)
+
+
+def test_token_logprobs_on_response_columns_equal_the_full_computation():
+    """The output layer only from the first response column on: same log-probs and entropy there."""
+    import torch.nn.functional as F
+
+    from gptrecipe.ppo import token_logprobs
+
+    torch.manual_seed(0)
+    model = GPT(tiny_config()).eval()
+    ids = torch.randint(0, 257, (3, 12))
+    mask = torch.zeros(3, 11)
+    mask[0, 5:9], mask[1, 7:11], mask[2, 6:8] = 1, 1, 1
+    logp, ent = token_logprobs(model, ids, 0.7, mask, entropy=True)
+    full = F.log_softmax(model(ids[:, :-1])[0] / 0.7, -1)
+    ref = full.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    ref_ent = -(full.exp() * full).sum(-1)
+    assert torch.allclose(logp[:, 5:], ref[:, 5:], atol=1e-5) and bool((logp[:, :5] == 0).all())
+    assert torch.allclose(ent[:, 5:], ref_ent[:, 5:], atol=1e-5)

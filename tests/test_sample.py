@@ -92,3 +92,21 @@ def test_streaming_pieces_add_up_to_the_text(tiny_model, byte_tok):
     cfg = SamplingConfig(max_new_tokens=25, temperature=1.0, seed=7)
     (c,) = stream_to_terminal(tiny_model, byte_tok, "Once", cfg, file=buf)
     assert buf.getvalue() == c.text + "\n"
+
+
+def test_sampler_draws_from_the_filtered_distribution():
+    """Inverse-CDF sampling: frequencies match softmax(logits / T) within top-k; nothing outside is drawn."""
+    from gptrecipe.sample import filter_logits, sample_next
+
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0, 1.5, -0.5])
+    n = 40_000
+    cfg = SamplingConfig(temperature=0.8, top_k=5, seed=0)
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(logits.expand(n, -1), cfg, g)
+    freq = torch.bincount(draws, minlength=8).float() / n
+    want = torch.softmax(filter_logits(logits[None], 0.8, 5, 1.0), -1)[0]
+    assert (want == 0).sum() == 3 and bool((freq[want == 0] == 0).all())
+    assert (freq - want).abs().max() < 0.01  # ~4 standard errors at n = 40k
+    # top-p: the nucleus {0, 6} (p = 0.5) only
+    draws = sample_next(logits.expand(n, -1), SamplingConfig(temperature=1.0, top_p=0.5), g)
+    assert set(draws.tolist()) == {0, 6}

@@ -1,0 +1,145 @@
+"""kill -9 in the middle of every stage, then `--resume`: the run continues from its last checkpoint.
+
+Each stage runs as a real `python -m gptrecipe <stage>` process that is SIGKILLed once it has written a
+checkpoint (mid-step, mid-write of a metrics line, wherever it happens to be); the same command with
+`--resume` must then finish with every step logged exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptrecipe.model import GPT
+from gptrecipe.rank import drop_torn_line
+from gptrecipe.rm import RMConfig, train_reward_model
+from gptrecipe.train import MetricsLog, TrainConfig
+from tests.conftest import save_stage_checkpoint, tiny_config, write_rankings
+from tests.test_ppo import short_is_better
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+TRAIN = ["train.device=cpu", "train.dtype=fp32", "train.progress=false", "train.eval_every=0",
+         "train.warmup_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def inputs(small_tok, tmp_path_factory) -> Path:
+    """A tiny "SFT" checkpoint (also used as the pretrained init and the RM init), chats, rankings, prompts."""
+    d = tmp_path_factory.mktemp("kill")
+    torch.manual_seed(0)
+    save_stage_checkpoint(d / "base", GPT(tiny_config(vocab_size=small_tok.vocab_size)), small_tok)
+    (d / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"Hello {i}!", "response": "Hi, how are you?"})
+                                           + "\n" for i in range(40)))
+    write_rankings(d / "rankings.jsonl", short_is_better(40))
+    (d / "prompts.txt").write_text("\n".join(f"hello {i} what is the machine" for i in range(400)))
+    (d / "corpus.txt").write_text("Hello! How are you? I am fine, thank you. What is AI? " * 300)
+    train_reward_model(RMConfig(out_dir=str(d), init=str(d / "base"), data=str(d / "rankings.jsonl"),
+                                train=TrainConfig(max_steps=2, micro_batch_size=4, eval_every=0, checkpoint_every=2,
+                                                  device="cpu", progress=False)), log=lambda *a: None)
+    return d
+
+
+def distinct_scores(prompt: str, responses: list[str]) -> list[float]:
+    """A labeler that never ties (the longest response first), for the rank test."""
+    return [len(r) + 1e-3 * i for i, r in enumerate(responses)]
+
+
+def run_and_kill(cmd: list[str], ready, timeout: float = 120.0) -> None:
+    """Start `cmd`, SIGKILL it as soon as `ready()` is true; fail if it ends by itself first."""
+    proc = subprocess.Popen([sys.executable, "-m", "gptrecipe", *cmd], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[0]} ended (exit {proc.returncode}) before it could be killed: "
+                            f"{proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{cmd[0]}: nothing to kill after {timeout} s")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def run(cmd: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "gptrecipe", *cmd], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def latest_step(run_dir: Path) -> int:
+    latest = run_dir / "checkpoints" / "latest"
+    return int(latest.read_text().strip().removeprefix("step_")) if latest.exists() else 0
+
+
+def stage_command(stage: str, d: Path, out: Path) -> list[str]:
+    common = [f"out_dir={out}", "name=run", *TRAIN]
+    if stage == "pretrain":
+        return ["pretrain", "--data", str(d / "corpus.txt"), f"tokenizer.path={out}/tok.json",
+                "tokenizer.vocab_size=300", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+                "model.block_size=32", "train.micro_batch_size=4", "train.checkpoint_every=2",
+                f"data.cache_dir={out}/cache", "sample.max_new_tokens=4", "train.sample_every=0", *common]
+    if stage == "sft":
+        return ["sft", "--init", str(d / "base"), "--data", str(d / "chats.jsonl"), "train.micro_batch_size=4",
+                "train.checkpoint_every=2", "sample.max_new_tokens=4", *common]
+    if stage == "rm":
+        return ["rm", "--init", str(d / "base"), "--data", str(d / "rankings.jsonl"), "train.micro_batch_size=4",
+                "train.checkpoint_every=2", *common]
+    # ppo: checkpoints at rollout boundaries (2 epochs x 2 minibatches per rollout)
+    return ["ppo", "--sft", str(d / "base"), "--rm", str(d / "rm"), f"prompts={d / 'prompts.txt'}",
+            "val_prompts=4", "rollout_batch=8", "minibatches=2", "ppo_epochs=2", "max_new_tokens=6",
+            "train.micro_batch_size=4", "train.checkpoint_every=4", *common]
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "ppo"])
+def test_kill_9_then_resume_continues(stage, inputs, tmp_path):
+    cmd = stage_command(stage, inputs, tmp_path)
+    run_dir = tmp_path / "run"
+    run_and_kill([*cmd, "train.max_steps=100000"], lambda: latest_step(run_dir) >= 4)
+    killed_at = latest_step(run_dir)
+    assert killed_at >= 4
+    final = killed_at + 4
+    run([*cmd, f"train.max_steps={final}", "--resume"])
+    assert latest_step(run_dir) == final
+    steps = [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert steps == list(range(1, final + 1))  # each step once: the killed run's extra lines were dropped
+
+
+def test_kill_9_during_rank_then_rerun_ranks_each_prompt_once(inputs, tmp_path):
+    out = tmp_path / "rankings.jsonl"
+    cmd = ["rank", str(inputs / "base"), "--prompts", str(inputs / "prompts.txt"), "--out", str(out),
+           "--labeler", "tests.test_kill_resume:distinct_scores", "-k", "4", "--max-new-tokens", "6"]
+
+    def some_lines() -> bool:
+        return out.exists() and out.read_bytes().count(b"\n") >= 20
+
+    run_and_kill(cmd, some_lines)
+    with open(out, "ab") as f:  # as if the kill had landed in the middle of a write
+        f.write(b'{"prompt": "hello 399 what is the mach')
+    run([*cmd, "--max-prompts", "60"])
+    prompts = [json.loads(x)["prompt"] for x in out.read_text().splitlines()]
+    assert len(prompts) == len(set(prompts)) == 60
+    assert set(prompts) <= {f"hello {i} what is the machine" for i in range(400)}
+
+
+def test_torn_lines_are_dropped(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
+    MetricsLog(p, True, resume_step=2)
+    assert [json.loads(x)["step"] for x in p.read_text().splitlines()] == [1, 2]
+    r = tmp_path / "r.jsonl"
+    r.write_text('{"prompt": "a", "responses": ["x", "y"]}\n{"prompt": "b", "resp')
+    assert drop_torn_line(r) and r.read_text() == '{"prompt": "a", "responses": ["x", "y"]}\n'
+    assert not drop_torn_line(r)
