@@ -153,6 +153,14 @@ class ActorCritic(nn.Module):
     def values(self, ids: torch.Tensor) -> torch.Tensor:
         return self.value.head(self.value.gpt.hidden_states(ids).float()).squeeze(-1)
 
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, temperature: float, ptx_x: torch.Tensor | None = None,
+                ptx_y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Log-probs of the response tokens, V(state before each token) and, for PPO-ptx, the LM loss on
+        pretraining text: everything a PPO update differentiates, in one call so DDP can wrap it."""
+        logp, _ = token_logprobs(self.policy, ids, temperature, mask)
+        ptx = self.policy(ptx_x, ptx_y)[1] if ptx_x is not None else None
+        return logp, self.values(ids)[:, :-1], ptx
+
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         return optimizer_groups(self, weight_decay)
 
@@ -291,17 +299,13 @@ class PPOTask:
 
     def loss(self, model, batch) -> torch.Tensor:
         ids, mask, logp_old, v_old, adv, returns = batch[:6]
-        ac = model.module if hasattr(model, "module") else model
-        logp, _ = token_logprobs(ac.policy, ids, self.cfg.temperature, mask)
-        v = ac.values(ids)[:, :-1]
+        logp, v, ptx = model(ids, mask, self.cfg.temperature, *batch[6:8])  # through DDP when distributed
         pg, clipfrac = policy_loss(logp, logp_old, adv, mask, self.cfg.clip)
         vf = value_loss(v, v_old, returns, mask, self.cfg.clip_value)
         loss = pg + self.cfg.vf_coef * vf
         metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": clipfrac.item(),
                    "approx_kl_old": ((logp_old - logp) * mask).sum().item() / mask.sum().item()}
-        if len(batch) > 6:
-            x, y = batch[6], batch[7]
-            ptx = ac.policy(x, y)[1]
+        if ptx is not None:
             loss = loss + self.cfg.gamma_ptx * ptx
             metrics["ptx_loss"] = ptx.item()
         self.last_metrics = {**getattr(self, "last_rollout", {}), **metrics}

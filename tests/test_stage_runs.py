@@ -1,8 +1,8 @@
-"""kill -9 in the middle of every stage, then `--resume`: the run continues from its last checkpoint.
+"""Every training stage as a real `python -m gptrecipe <stage>` process: kill -9 + `--resume`, and torchrun.
 
-Each stage runs as a real `python -m gptrecipe <stage>` process that is SIGKILLed once it has written a
-checkpoint (mid-step, mid-write of a metrics line, wherever it happens to be); the same command with
-`--resume` must then finish with every step logged exactly once.
+kill -9: the process is SIGKILLed once it has written a checkpoint (mid-step, mid-write of a metrics line,
+wherever it happens to be); the same command with `--resume` must then finish with every step logged once.
+torchrun: 2 DDP processes (gloo) must give the losses and weights of 1 process accumulating 2 micro-batches.
 """
 
 from __future__ import annotations
@@ -143,3 +143,29 @@ def test_torn_lines_are_dropped(tmp_path):
     r.write_text('{"prompt": "a", "responses": ["x", "y"]}\n{"prompt": "b", "resp')
     assert drop_torn_line(r) and r.read_text() == '{"prompt": "a", "responses": ["x", "y"]}\n'
     assert not drop_torn_line(r)
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_torchrun_two_processes_match_one_process(stage, inputs, tmp_path):
+    """Same global batch: 2 processes x 1 micro-batch (DDP all-reduce) == 1 process x 2 (accumulation)."""
+    from safetensors.torch import load_file
+
+    extra = ["train.max_steps=4", "train.batch_tokens=512", "train.checkpoint_every=4"]
+    run([*stage_command(stage, inputs, tmp_path / "one"), *extra])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "gptrecipe", *stage_command(stage, inputs, tmp_path / "two"), *extra],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for name in ("one", "two"):
+        metrics = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows[name] = {r["step"]: r["loss"] for r in metrics if "loss" in r}
+        assert metrics[0]["world_size"] == (1 if name == "one" else 2)
+    assert sorted(rows["one"]) == [1, 2, 3, 4]
+    for s in rows["one"]:
+        assert rows["two"][s] == pytest.approx(rows["one"][s], abs=1e-5), s
+    w1, w2 = (load_file(tmp_path / n / "run" / "checkpoints" / "step_0000004" / "model.safetensors")
+              for n in ("one", "two"))
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-5), k
