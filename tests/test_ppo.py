@@ -113,6 +113,7 @@ def test_ppo_raises_reward_with_bounded_kl(sft_and_rm, tmp_path):
     first, last = res.evals[0], res.evals[-1]
     assert last["val_rm_score"] > first["val_rm_score"] + 0.5, (first, last)
     assert last["val_kl"] < 10.0
+    assert last["val_entropy"] < 0.7 * first["val_entropy"]  # the policy sharpens towards what the RM rewards
     rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     step1 = next(r for r in rows if r.get("step") == 1 and "loss" in r)
     assert step1["clip_frac"] == 0.0 and abs(step1["approx_kl_old"]) < 1e-5  # no dropout: ratio exactly 1
