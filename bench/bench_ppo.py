@@ -139,12 +139,13 @@ def run_ours(a, tok: Tokenizer, prompts: list[str]) -> dict:
     upd = cfg.updates_per_rollout
     iter_s: list[float] = []
     ac.train()
+    fwd = torch.compile(ac) if a.compile else ac  # as train.compile=true does in the loop
     for it in range(a.iters + 1):
         t0 = time.perf_counter()
         for k in range(upd):  # the body of gptrecipe.train.train's step loop (grad_accum 1, one process)
             step = it * upd + k
             batch = task.get_batch(step, 0, tcfg.micro_batch_size, 1, 0, 1)
-            loss = task.loss(ac, batch)
+            loss = task.loss(fwd, batch)
             loss.backward()
             loss.detach().item()
             torch.nn.utils.clip_grad_norm_(ac.parameters(), tcfg.grad_clip).item()
@@ -262,6 +263,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--compile", action="store_true", help="ours with train.compile=true (torch.compile the updates)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=1337)
     a = p.parse_args()

@@ -70,7 +70,8 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
             {"stage": "reward model", "result": f"held-out pairwise accuracy {rl['rm_val_accuracy']:.3f} "
              f"(simulated labeler: builtin:positivity)"},
             {"stage": "ppo", "result": f"held-out RM score {rl['rm_score_before']:.3f} -> {rl['rm_score_after']:.3f}, "
-             f"KL to SFT {rl['kl_after']:.2f} nats, response length {rl['len_before']:.1f} -> {rl['len_after']:.1f}"},
+             f"KL to SFT {rl['kl_after']:.2f} nats, entropy {rl['entropy_before']:.2f} -> {rl['entropy_after']:.2f} "
+             f"nats/token, response length {rl['len_before']:.1f} -> {rl['len_after']:.1f}"},
             {"stage": "gold check", "result": f"held-out gold (positivity) score: SFT {rl['gold_before']:.3f} -> "
              f"PPO {rl['gold_after']:.3f} ({rl['gold_after'] / max(rl['gold_before'], 1e-9):.2f}x)"},
         ])),

@@ -64,7 +64,8 @@ def run_rlhf(cfg: RLHFConfig, *, resume: bool = False, log=print) -> list[dict[s
                      "rm_score_before": first["val_rm_score"], "rm_score_after": last["val_rm_score"],
                      "gold_before": first.get("val_gold_score", float("nan")),
                      "gold_after": last.get("val_gold_score", float("nan")),
-                     "kl_after": last["val_kl"], "len_before": first["val_response_len"],
+                     "kl_after": last["val_kl"], "entropy_before": first.get("val_entropy", float("nan")),
+                     "entropy_after": last.get("val_entropy", float("nan")), "len_before": first["val_response_len"],
                      "len_after": last["val_response_len"], "ppo_dir": str(ppo_cfg.run_dir),
                      "samples": [s["sample"] for s in ppo_result.samples if s["step"] == ppo_result.final_step]})
         policy = str(ppo_cfg.run_dir / "policy")
