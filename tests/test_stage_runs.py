@@ -120,7 +120,7 @@ def test_kill_9_then_resume_continues(stage, inputs, tmp_path):
 def test_kill_9_during_rank_then_rerun_ranks_each_prompt_once(inputs, tmp_path):
     out = tmp_path / "rankings.jsonl"
     cmd = ["rank", str(inputs / "base"), "--prompts", str(inputs / "prompts.txt"), "--out", str(out),
-           "--labeler", "tests.test_kill_resume:distinct_scores", "-k", "4", "--max-new-tokens", "6"]
+           "--labeler", "tests.test_stage_runs:distinct_scores", "-k", "4", "--max-new-tokens", "6"]
 
     def some_lines() -> bool:
         return out.exists() and out.read_bytes().count(b"\n") >= 20
