@@ -4,20 +4,24 @@ token + learned position embeddings -> N x [LayerNorm -> causal self-attention -
 LayerNorm -> GELU MLP -> residual] -> final LayerNorm -> linear head tied to the token embedding.
 
 Attention goes through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
-kernels where available). Which attention each layer uses is data (`GPTConfig.attention`), so sparse
-patterns plug in by registering a function in `ATTENTION_KINDS`. A `KVCache` makes generation cost
+kernels where available). Which attention each layer uses is data (`GPTConfig.attention`): a kind
+registered in `ATTENTION_KINDS`, or a sparse pattern with parameters such as `strided(64)` (GPT-3 alternates
+"dense,strided(k)"; see `gptrecipe/sparse_attention.py`). A `KVCache` makes generation cost
 one token's work per step; it supports left-padded batches of prompts of different lengths.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from gptrecipe.sparse_attention import SparseAttention, parse_pattern
 
 IGNORE_INDEX = -1  # targets with this value contribute no loss (masked prompt tokens, padding)
 
@@ -33,7 +37,8 @@ class GPTConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2/3
-    # Per-layer attention schedule, cycled over the layers: "dense", or e.g. "dense,sparse" (GPT-3).
+    # Per-layer attention schedule, cycled over the layers: "dense", or e.g. "dense,sparse" (GPT-3: sparse =
+    # strided(round(sqrt(block_size)))) or "dense,strided(64)"; sparse entries: local(k), strided(k), fixed(k,c)
     attention: str = "dense"
 
     @property
@@ -41,12 +46,14 @@ class GPTConfig:
         return self.head_dim or self.n_embd // self.n_head
 
     def attention_kinds(self) -> list[str]:
-        kinds = [k.strip() for k in self.attention.split(",") if k.strip()]
+        # split on the commas between entries, not those inside "fixed(64,8)"
+        kinds = [k.strip() for k in re.split(r",(?![^()]*\))", self.attention) if k.strip()]
+        # "sparse" alone means GPT-3's choice: the strided pattern with k ~ sqrt(context), cost ~ n sqrt(n)
+        kinds = [f"strided({max(1, round(math.sqrt(self.block_size)))})" if k == "sparse" else k for k in kinds]
         if not kinds:
             raise ValueError("model.attention must name at least one attention kind")
         for k in kinds:
-            if k not in ATTENTION_KINDS:
-                raise ValueError(f"model.attention: unknown kind {k!r}; known: {', '.join(ATTENTION_KINDS)}")
+            attention_fn(k)  # raises ValueError naming model.attention and the bad entry
         return [kinds[i % len(kinds)] for i in range(self.n_layer)]
 
     def validate(self) -> None:
@@ -70,6 +77,13 @@ def dense_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
 
 
 ATTENTION_KINDS: dict[str, AttentionFn] = {"dense": dense_attention}
+
+
+def attention_fn(kind: str) -> AttentionFn:
+    """The function of one schedule entry: a registered kind, or a parsed sparse pattern like strided(64)."""
+    if kind in ATTENTION_KINDS:
+        return ATTENTION_KINDS[kind]
+    return SparseAttention(parse_pattern(kind, known=tuple(ATTENTION_KINDS)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -127,18 +141,21 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
-        self.attend = ATTENTION_KINDS[kind]
+        self.attend = attention_fn(kind)
+        self.sparse = isinstance(self.attend, SparseAttention)  # reads the cache's padding to place its pattern
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=2)
         # (B, T, H*D) -> (B, H, T, D): every head attends independently
         q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))
-        mask = None
+        mask, extra = None, {}
         if cache is not None:
             mask = cache.attention_mask(T)
             k, v = cache.update(self.layer, k, v)
-        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0)
+            if self.sparse:
+                extra = {"pad": cache.pad}
+        y = self.attend(q, k, v, mask, self.dropout if self.training else 0.0, **extra)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.d_head)  # re-assemble heads
         return self.resid_dropout(self.c_proj(y))
 

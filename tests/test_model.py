@@ -127,8 +127,10 @@ def test_context_overflow_is_a_clear_error(tiny_model):
 def test_attention_schedule_and_unknown_kind():
     cfg = tiny_config(n_layer=4, attention="dense")
     assert cfg.attention_kinds() == ["dense"] * 4
-    with pytest.raises(ValueError, match="unknown kind 'sparse'"):
-        GPT(tiny_config(attention="dense,sparse"))
+    with pytest.raises(ValueError, match="sprase"):
+        GPT(tiny_config(attention="dense,sprase"))
+    # GPT-3's "dense,sparse": the strided pattern with k = round(sqrt(block_size)) on every other layer
+    assert tiny_config(attention="dense,sparse", n_layer=4).attention_kinds() == ["dense", "strided(8)"] * 2
     assert "dense" in ATTENTION_KINDS
 
 
