@@ -1,0 +1,250 @@
+"""Generation and serving throughput: gptrecipe's engine vs Hugging Face `transformers` `generate`.
+
+    .venv/bin/python bench/bench_serve.py                      # `small` shape (6L/6H/d384/T256/V4096), this machine
+    .venv/bin/python bench/bench_serve.py --skip-server --new-tokens 64
+
+1. Generation tokens/s on the same weights (ours mapped into GPT2LMHeadModel: same architecture, tied head,
+   learned positions, pre-LN, tanh GELU), greedy, a fixed number of new tokens (no early stop), batch 1 and
+   batch 16 of 16-token prompts: the plain sampler (`gptrecipe.sample.generate_ids`), the serving engine
+   (`gptrecipe.serve.engine.Engine`, continuous batching) and HF `generate` (KV cache). The greedy tokens of
+   ours and HF's are checked to be identical first. Medians of --repeats, alternating.
+2. The server (`gptrecipe serve` in a subprocess) under 1, 8 and 32 concurrent streaming clients (aiohttp,
+   closed loop, a fixed number of requests each): completion tokens/s and p50 / p95 time to first token.
+Needs `transformers` (bench extra) and `aiohttp` (dev extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gptrecipe.checkpoint import save_checkpoint
+from gptrecipe.model import GPT, GPTConfig
+from gptrecipe.sample import SamplingConfig, generate_ids
+from gptrecipe.serve.engine import Engine, GenParams
+
+
+def hf_copy(model: GPT):
+    """GPT2LMHeadModel with our weights (Conv1D stores Linear weights transposed)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    c = model.config
+    hc = GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                    n_head=c.n_head, n_inner=c.mlp_ratio * c.n_embd, activation_function="gelu_new",
+                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                    bos_token_id=0, eos_token_id=0, tie_word_embeddings=True)
+    hf = GPT2LMHeadModel(hc).eval()
+    ours = model.state_dict()
+    state = {"transformer.wte.weight": ours["wte.weight"], "transformer.wpe.weight": ours["wpe.weight"],
+             "transformer.ln_f.weight": ours["ln_f.weight"], "transformer.ln_f.bias": ours["ln_f.bias"],
+             "lm_head.weight": ours["wte.weight"]}
+    for i in range(c.n_layer):
+        for ours_name, hf_name in (("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "attn.c_attn"),
+                                   ("attn.c_proj", "attn.c_proj"), ("mlp.c_fc", "mlp.c_fc"),
+                                   ("mlp.c_proj", "mlp.c_proj")):
+            w = ours[f"blocks.{i}.{ours_name}.weight"]
+            state[f"transformer.h.{i}.{hf_name}.weight"] = w if ours_name.startswith("ln") else w.t().contiguous()
+            state[f"transformer.h.{i}.{hf_name}.bias"] = ours[f"blocks.{i}.{ours_name}.bias"]
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and all("attn.bias" in m or "masked_bias" in m for m in missing), (missing, unexpected)
+    return hf
+
+
+def run_sampler(model: GPT, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    rows = [[] for _ in range(len(prompts))]
+    for nxt, _ in generate_ids(model, prompts.tolist(), SamplingConfig(max_new_tokens=new, temperature=0)):
+        for r, t in zip(rows, nxt.tolist(), strict=True):
+            r.append(t)
+    return rows
+
+
+def run_engine(engine: Engine, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    params = GenParams(max_tokens=new, temperature=0, stop_ids=[])
+    return [c.tokens for c in engine.complete(prompts.tolist(), params)]
+
+
+def run_hf(hf, prompts: torch.Tensor, new: int) -> list[list[int]]:
+    out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
+                      do_sample=False, pad_token_id=0, use_cache=True)
+    return out[:, prompts.size(1):].tolist()
+
+
+def bench_generation(model: GPT, tok, args) -> list[dict]:
+    hf = hf_copy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = torch.randint(16, model.config.vocab_size, (2, 24), generator=g)
+        diff = (model(x)[0] - hf(x).logits).abs().max().item()
+    print(f"max |logits ours - HF| = {diff:.2e}")
+    engine = Engine(model, tok, stop_ids=[], max_rows=64).start()
+    rows = []
+    try:
+        for batch in args.batches:
+            prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
+            runners = {"gptrecipe sampler (`generate_ids`)": lambda p: run_sampler(model, p, args.new_tokens),
+                       "gptrecipe engine (continuous batching)": lambda p: run_engine(engine, p, args.new_tokens),
+                       "HF `generate` (GPT2LMHeadModel)": lambda p: run_hf(hf, p, args.new_tokens)}
+            outs = {name: fn(prompts) for name, fn in runners.items()}  # warm-up, and the correctness check
+            same = len({json.dumps(o) for o in outs.values()}) == 1
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(args.repeats):
+                for name, fn in runners.items():
+                    t = time.perf_counter()
+                    with torch.no_grad():
+                        fn(prompts)
+                    times[name].append(time.perf_counter() - t)
+            hf_tps = batch * args.new_tokens / statistics.median(times["HF `generate` (GPT2LMHeadModel)"])
+            for name in runners:
+                tps = batch * args.new_tokens / statistics.median(times[name])
+                rows.append({"batch": batch, "impl": name, "tokens_per_s": tps, "vs_hf": tps / hf_tps,
+                             "same_tokens": same})
+                print(f"batch {batch:>2}  {name:<42} {tps:>9.0f} tokens/s  {tps / hf_tps:.2f}x HF"
+                      f"{'' if same else '  (tokens differ!)'}", flush=True)
+    finally:
+        engine.close()
+    return rows
+
+
+# ---- the server under concurrent streaming clients ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def one_request(session, url: str, body: dict) -> tuple[float, int, float]:
+    """(time to first token, completion tokens, total time) of one streamed completion."""
+    t0 = time.perf_counter()
+    ttft, n = None, 0
+    async with session.post(url, json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            obj = json.loads(line[6:])
+            if obj.get("usage"):
+                n = obj["usage"]["completion_tokens"]
+            elif obj["choices"] and obj["choices"][0]["text"] and ttft is None:
+                ttft = time.perf_counter() - t0
+    return ttft if ttft is not None else float("nan"), n, time.perf_counter() - t0
+
+
+async def load_level(url: str, clients: int, requests_each: int, body: dict) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
+                                     connector=aiohttp.TCPConnector(limit=clients)) as session:
+        async def client(i: int) -> list[tuple[float, int, float]]:
+            return [await one_request(session, url, {**body, "seed": 1000 * i + r}) for r in range(requests_each)]
+
+        t0 = time.perf_counter()
+        results = [x for xs in await asyncio.gather(*(client(i) for i in range(clients))) for x in xs]
+        wall = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    p95 = ttfts[min(len(ttfts) - 1, int(round(0.95 * (len(ttfts) - 1))))]
+    return {"clients": clients, "requests": len(results), "tokens": tokens, "wall_s": wall,
+            "tokens_per_s": tokens / wall, "ttft_p50_ms": 1000 * statistics.median(ttfts), "ttft_p95_ms": 1000 * p95}
+
+
+def bench_server(ckpt: Path, args) -> list[dict]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gptrecipe", "serve", str(ckpt), "--port", str(port), "--feedback", "none",
+           "--base", "--device", "cpu", "--max-batch", "32"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+                            if args.threads else {})}
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the server did not start: " + server.stderr.read()) from None
+                time.sleep(0.2)
+        body = {"model": ckpt.name, "prompt": "ROMEO: What light through yonder window breaks? It is the",
+                "max_tokens": args.server_tokens, "temperature": 1.0, "stream": True,
+                "stream_options": {"include_usage": True}, "stop": ["<never>"]}
+        asyncio.run(load_level(url + "/v1/completions", 2, 1, body))  # warm-up
+        rows = []
+        for clients in args.clients:
+            each = max(1, args.server_requests // clients)
+            row = asyncio.run(load_level(url + "/v1/completions", clients, each, body))
+            rows.append(row)
+            print(f"{clients:>2} clients: {row['requests']} requests, {row['tokens_per_s']:.0f} tokens/s, TTFT p50 "
+                  f"{row['ttft_p50_ms']:.0f} ms, p95 {row['ttft_p95_ms']:.0f} ms", flush=True)
+        return rows
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="small", help="configs/models preset (default %(default)s)")
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: torch's default)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--server-requests", type=int, default=64, help="requests per concurrency level (about)")
+    ap.add_argument("--server-tokens", type=int, default=64, help="max_tokens of each server request")
+    ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from gptrecipe.config import load_config
+    from gptrecipe.tokenizer import DEFAULT_INPUTS, Tokenizer, read_texts
+
+    cfg = load_config(GPTConfig, "models", args.model)
+    print(f"model {args.model}: {cfg.n_layer}L/{cfg.n_head}H/d{cfg.n_embd}/T{cfg.block_size}/V{cfg.vocab_size}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+    tok = Tokenizer.train(read_texts(DEFAULT_INPUTS, 1_000_000), cfg.vocab_size, show_progress=False)
+    cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    gen_rows = bench_generation(model, tok, args)
+    server_rows = []
+    if not args.skip_server:
+        with tempfile.TemporaryDirectory() as d:
+            tok.save(Path(d) / "tokenizer.json")
+            ckpt = save_checkpoint(Path(d) / "bench", model, {"stage": "pretrain", "model": dataclasses.asdict(cfg)},
+                                   tokenizer_path=Path(d) / "tokenizer.json")
+            server_rows = bench_server(ckpt, args)
+    print("\n| batch | implementation | tokens/s | vs HF |\n|---|---|---|---|")
+    for r in gen_rows:
+        print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x |")
+    if server_rows:
+        print("\n| concurrent clients | requests | completion tokens/s | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
+        for r in server_rows:
+            print(f"| {r['clients']} | {r['requests']} | {r['tokens_per_s']:,.0f} | {r['ttft_p50_ms']:,.0f} ms "
+                  f"| {r['ttft_p95_ms']:,.0f} ms |")
+    print("\nCommand: .venv/bin/python bench/bench_serve.py " + " ".join(sys.argv[1:]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"generation": gen_rows, "server": server_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,600 @@
+"""An OpenAI-compatible HTTP server over the engine, and the web chat page.
+
+    GET  /v1/models                  the one model served (with "chat" and "max_model_len")
+    POST /v1/chat/completions        chat models (SFT / PPO); `stream` sends server-sent events
+    POST /v1/completions             any model; `prompt` as text or token ids (one or a batch); `echo`
+                                     with `logprobs` returns every prompt token's log-probability
+    GET  /tokenizer_info, POST /tokenize, POST /detokenize     the tokenizer, for lm-evaluation-harness
+    POST /v1/feedback                the web chat's thumbs and choices -> rankings JSONL for the reward model
+    GET  /                           the web chat;  GET /openapi.json  the schema
+
+Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for a request that cannot
+be served (prompt longer than the context, max_tokens over the limit, chat on a base model), 401 without
+the API key, 404 for an unknown model, 413 for a body over the limit, 422 for malformed JSON or
+parameters out of range. Text prompts of /v1/completions read special-token strings ("<|endoftext|>")
+as special tokens, as Hugging Face tokenizers do; chat message contents never do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..chat import Message
+from ..sample import PromptTooLongError
+from .engine import Choice, Engine, Event, GenParams, TokenLogprob
+from .feedback import FeedbackLog
+from .hf_tokenizer import tokenizer_info
+from .served import ServedModel, load_served
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 2_000_000
+MAX_TOKENS_LIMIT = 4096
+MAX_CHOICES = 128  # prompts x n in one request
+
+StopStr = Annotated[str, StringConstraints(max_length=256)]
+Stop = StopStr | Annotated[list[StopStr], Field(max_length=16)] | None
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                   code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
+
+
+# ---- request bodies -----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Sampling(_Body):
+    model: str | None = Field(None, max_length=256)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=-1, description="gptrecipe extension: keep the k most likely tokens (0 or -1: off)")
+    n: int = Field(1, ge=1, le=16)
+    stop: Stop = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: (Annotated[str, StringConstraints(max_length=MAX_BODY_BYTES)] | list[int] | list[list[int]]
+             | list[str]) = Field(..., description="text or token ids; a list of either is a batch")
+    max_tokens: int | None = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+
+
+class ContentPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    def message(self) -> Message:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return Message("system" if self.role == "developer" else self.role, text)
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TokenizeRequest(_Body):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = False
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(_Body):
+    model: str | None = None
+    tokens: list[int]
+
+
+class FeedbackRequest(_Body):
+    """The conversation before a reply, and what the user said about the reply (one of three forms)."""
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    chosen: str | None = None
+    rejected: str | None = None
+    responses: list[str] | None = Field(None, min_length=2, max_length=16)
+    response: str | None = None
+    rating: Literal[1, -1] | None = None
+    source: str | None = Field(None, max_length=64)  # e.g. "regenerate", "thumbs"
+    conversation_id: str | None = Field(None, max_length=128)
+
+
+# ---- the app ------------------------------------------------------------------------------------------
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app reads it."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await self._reject(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            more = msg.get("more_body", False)
+            if size > self.limit:
+                return await self._reject(scope, receive, send)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _reject(self, scope, receive, send):
+        resp = error_response(413, f"request body is larger than this server's limit of {self.limit} bytes",
+                              code="body_too_large")
+        await resp(scope, receive, send)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+class _Server:
+    """The handlers' shared state: the served model, the engine, limits, the feedback log."""
+
+    def __init__(self, served: ServedModel, engine: Engine, *, max_tokens_limit: int,
+                 feedback: FeedbackLog | None):
+        self.served, self.engine, self.feedback = served, engine, feedback
+        self.tok = served.tokenizer
+        self.max_tokens_limit = max_tokens_limit
+        self.created = int(time.time())
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.served.name:
+            raise APIError(404, f"The model '{name}' does not exist; this server serves '{self.served.name}'",
+                           param="model", code="model_not_found")
+
+    def check_prompt(self, ids: list[int], param: str = "prompt") -> list[int]:
+        try:
+            return self.engine.check_prompt(ids)
+        except PromptTooLongError:
+            raise APIError(400, f"This model's maximum context length is {self.served.block_size} tokens, "
+                           f"but the prompt has {len(ids)} tokens. Shorten the prompt.",
+                           param=param, code="context_length_exceeded") from None
+        except ValueError as e:
+            raise APIError(400, str(e), param=param) from None
+
+    def max_tokens(self, asked: int | None, default: int) -> int:
+        if asked is not None and asked > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {asked}, this server's limit is {self.max_tokens_limit}",
+                           param="max_tokens")
+        return min(default if asked is None else asked, self.max_tokens_limit)
+
+    def params(self, req: _Sampling, max_tokens: int, **kw: Any) -> GenParams:
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        seed = None if req.seed is None else req.seed % 2**63
+        return GenParams(max_tokens=max_tokens, temperature=req.temperature, top_k=max(req.top_k, 0),
+                         top_p=req.top_p, stop=stop, seed=seed, **kw)
+
+    def piece(self, token: int) -> str:
+        return self.tok.decode([token])
+
+    def n_chars(self, token: int) -> int:
+        """Characters the token adds to the text (UTF-8 lead bytes; a split character counts where it starts)."""
+        return sum(1 for b in self.tok.decode_bytes([token]) if b & 0xC0 != 0x80)
+
+    def usage(self, prompts: list[list[int]], choices: list[Choice]) -> dict[str, int]:
+        p, c = sum(map(len, prompts)), sum(len(ch.tokens) for ch in choices)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    # ---- /v1/completions --------------------------------------------------------------------------
+
+    def completion_prompts(self, prompt: Any) -> list[list[int]]:
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        if not prompt:
+            raise APIError(400, "prompt is empty", param="prompt")
+        if isinstance(prompt[0], int):
+            prompt = [prompt]
+        out = []
+        for p in prompt:  # text reads special-token strings as special tokens; an empty text starts a document
+            ids = (self.tok.encode(p, allow_special=True) or [self.tok.eot_id]) if isinstance(p, str) else list(p)
+            out.append(self.check_prompt(ids))
+        return out
+
+    def completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> dict[str, list]:
+        out: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for t in lps:
+            out["tokens"].append(self.piece(t.token))
+            out["token_logprobs"].append(t.logprob)
+            out["top_logprobs"].append(None if t.logprob is None else {self.piece(i): v for i, v in t.top})
+            out["text_offset"].append(offset)
+            offset += self.n_chars(t.token)
+        return out
+
+    async def completions(self, req: CompletionRequest) -> Any:
+        self.check_model(req.model)
+        prompts = self.completion_prompts(req.prompt)
+        if len(prompts) * req.n > MAX_CHOICES:
+            raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {MAX_CHOICES} choices",
+                           param="prompt")
+        echo_lp = req.echo and req.logprobs is not None
+        params = self.params(req, self.max_tokens(req.max_tokens, 16), logprobs=req.logprobs,
+                             prompt_logprobs=echo_lp)
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": created, "model": self.served.name}
+        prompt_texts = [self.tok.decode(p) for p in prompts]
+
+        def choice_json(ch: Choice | Event, index: int, text: str, first: bool) -> dict[str, Any]:
+            lp = None
+            if req.logprobs is not None:
+                lps = list(ch.logprobs or [])
+                offset = len(prompt_texts[index // req.n]) if req.echo else 0
+                if first and req.echo and ch.prompt_logprobs is not None:
+                    lps, offset = ch.prompt_logprobs + lps, 0
+                lp = self.completion_logprobs(lps, offset)
+            return {"index": index, "text": text, "logprobs": lp, "finish_reason": ch.finish_reason}
+
+        if req.stream:
+            async def events() -> AsyncIterator[str]:
+                started: set[int] = set()
+                choices = [Choice(i) for i in range(len(prompts) * req.n)]
+                async for ev in self.engine.astream(prompts, params, n=req.n):
+                    choices[ev.choice].add(ev)
+                    _raise_engine_error(ev)
+                    first = ev.choice not in started
+                    started.add(ev.choice)
+                    text = (prompt_texts[ev.choice // req.n] if first and req.echo else "") + ev.text
+                    if text or ev.finish_reason or (req.logprobs is not None and (ev.tokens or ev.prompt_logprobs)):
+                        yield _sse({**head, "choices": [choice_json(ev, ev.choice, text, first)]})
+                if req.stream_options and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
+                yield "data: [DONE]\n\n"
+
+            return _stream(events())
+        choices = await self.engine.acomplete(prompts, params, n=req.n)
+        for ch in choices:
+            _raise_engine_error(ch)
+        out = [choice_json(ch, ch.index, (prompt_texts[ch.index // req.n] if req.echo else "") + ch.text, True)
+               for ch in choices]
+        return {**head, "choices": out, "usage": self.usage(prompts, choices)}
+
+    # ---- /v1/chat/completions ---------------------------------------------------------------------
+
+    def chat_logprobs(self, lps: list[TokenLogprob] | None) -> dict[str, list] | None:
+        if lps is None:
+            return None
+        stop = set(self.served.stop_ids)
+
+        def entry(token: int, logprob: float) -> dict[str, Any]:
+            return {"token": self.piece(token), "logprob": logprob, "bytes": list(self.tok.decode_bytes([token]))}
+
+        return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]}
+                            for t in lps if t.token not in stop]}
+
+    async def chat(self, req: ChatRequest) -> Any:
+        self.check_model(req.model)
+        if not self.served.chat:
+            raise APIError(400, f"'{self.served.name}' is a base model (stage '{self.served.stage or 'unknown'}'), "
+                           "not a chat model: use /v1/completions, or serve an SFT or PPO checkpoint "
+                           "(or start the server with --chat to force the chat template)", param="messages",
+                           code="not_a_chat_model")
+        ids = self.check_prompt(self.served.chat_ids([m.message() for m in req.messages]), "messages")
+        asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        max_tokens = self.max_tokens(asked, self.served.block_size - len(ids))
+        params = self.params(req, max_tokens, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.served.name}
+
+            def chunk(index: int, delta: dict, reason: str | None = None, lps=None) -> str:
+                return _sse({**head, "choices": [{"index": index, "delta": delta, "logprobs": self.chat_logprobs(lps),
+                                                  "finish_reason": reason}]})
+
+            async def events() -> AsyncIterator[str]:
+                choices = [Choice(i) for i in range(req.n)]
+                for i in range(req.n):
+                    yield chunk(i, {"role": "assistant", "content": ""})
+                async for ev in self.engine.astream([ids], params, n=req.n):
+                    choices[ev.choice].add(ev)
+                    _raise_engine_error(ev)
+                    if ev.text or ev.logprobs:
+                        yield chunk(ev.choice, {"content": ev.text}, lps=ev.logprobs)
+                    if ev.finish_reason:
+                        yield chunk(ev.choice, {}, ev.finish_reason)
+                if req.stream_options and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": self.usage([ids], choices)})
+                yield "data: [DONE]\n\n"
+
+            return _stream(events())
+        choices = await self.engine.acomplete([ids], params, n=req.n)
+        for ch in choices:
+            _raise_engine_error(ch)
+        return {"id": rid, "object": "chat.completion", "created": created, "model": self.served.name,
+                "choices": [{"index": ch.index, "message": {"role": "assistant", "content": ch.text},
+                             "logprobs": self.chat_logprobs(ch.logprobs), "finish_reason": ch.finish_reason}
+                            for ch in choices],
+                "usage": self.usage([ids], choices)}
+
+    # ---- the rest -----------------------------------------------------------------------------------
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.served.name, "object": "model", "created": self.created, "owned_by": "gptrecipe",
+                "chat": self.served.chat, "stage": self.served.stage, "max_model_len": self.served.block_size,
+                "max_tokens_limit": self.max_tokens_limit, "feedback": self.feedback is not None}
+
+    def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+        self.check_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError(400, "give either 'prompt' or 'messages'", param="prompt")
+        if req.messages is not None:
+            ids = self.served.chat_ids([m.message() for m in req.messages])
+            if not req.add_generation_prompt:
+                ids = ids[:-1]
+        else:
+            ids = self.tok.encode(req.prompt, allow_special=True)  # as the exported HF tokenizer does
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.served.block_size}
+
+    def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+        self.check_model(req.model)
+        bad = [t for t in req.tokens if not 0 <= t < self.tok.vocab_size][:5]
+        if bad:
+            raise APIError(400, f"token ids must be in 0..{self.tok.vocab_size - 1}, got {bad}", param="tokens")
+        return {"prompt": self.tok.decode(req.tokens)}
+
+    def add_feedback(self, req: FeedbackRequest) -> dict[str, Any]:
+        self.check_model(req.model)
+        if self.feedback is None:
+            raise APIError(400, "this server records no feedback (start it with --feedback FILE)", code="feedback_off")
+        messages = [m.message() for m in req.messages]
+        meta = {"model": self.served.name, "source": req.source, "conversation_id": req.conversation_id}
+        forms = [req.chosen is not None or req.rejected is not None, req.responses is not None,
+                 req.response is not None or req.rating is not None]
+        if sum(forms) != 1:
+            raise APIError(400, "give one of: 'chosen' and 'rejected'; 'responses' (best first); "
+                           "'response' and 'rating'")
+        try:
+            if forms[0]:
+                if req.chosen is None or req.rejected is None:
+                    raise APIError(400, "a comparison needs both 'chosen' and 'rejected'")
+                self.feedback.add_comparison(messages, req.chosen, req.rejected, **meta)
+                return {"status": "ok", "kind": "comparison"}
+            if forms[1]:
+                self.feedback.add_ranking(messages, req.responses, **meta)
+                return {"status": "ok", "kind": "ranking"}
+            if req.response is None or req.rating is None:
+                raise APIError(400, "a rating needs both 'response' and 'rating' (1 or -1)")
+            self.feedback.add_rating(messages, req.response, req.rating, **meta)
+            return {"status": "ok", "kind": "rating"}
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+
+
+def _raise_engine_error(ch: Choice | Event) -> None:
+    if ch.finish_reason == "error":
+        raise APIError(500, ch.error or "generation failed", type="server_error")
+
+
+def _stream(events: AsyncIterator[str]) -> StreamingResponse:
+    async def guarded() -> AsyncIterator[str]:
+        try:
+            async for s in events:
+                yield s
+        except APIError as e:  # headers are sent: report in-band, as OpenAI does
+            yield _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(guarded(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None = None, api_key: str | None = None,
+               feedback: str | Path | None = None, device: str = "auto", chat: bool | None = None,
+               max_rows: int = 32, max_tokens_limit: int = MAX_TOKENS_LIMIT,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving a checkpoint (or an already loaded ServedModel). `app.state.engine` is the
+    engine (started with the app, closed at shutdown)."""
+    served = checkpoint if isinstance(checkpoint, ServedModel) else load_served(
+        checkpoint, device=device, chat=chat, name=model_name)
+    engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows)
+    srv = _Server(served, engine, max_tokens_limit=max_tokens_limit,
+                  feedback=FeedbackLog(feedback) if feedback else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.close()
+
+    app = FastAPI(title="gptrecipe", version="0.1.0", lifespan=lifespan,
+                  description=f"OpenAI-compatible API for '{served.name}' ({'chat' if served.chat else 'base'} model)")
+    app.state.engine, app.state.served, app.state.server = engine, served, srv
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    async def auth(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'",
+                           type="authentication_error", code="invalid_api_key")
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return error_response(e.status, e.message, e.type, e.param, e.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        if first.get("type") == "json_invalid":
+            pos = first.get("loc", ("body", "?"))[-1]
+            return error_response(422, f"malformed JSON body ({first.get('ctx', {}).get('error', 'decode error')} "
+                                  f"at character {pos})", code="json_invalid")
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        msg = "; ".join(f"{'.'.join(str(x) for x in er.get('loc', ()) if x != 'body') or 'body'}: {er.get('msg')}"
+                        for er in errs[:5])
+        return error_response(422, msg or "invalid request", param=where or None, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return error_response(e.status_code, str(e.detail), code="not_found" if e.status_code == 404 else None)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(500, f"internal server error ({type(e).__name__})", type="server_error")
+
+    guarded = [Depends(auth)]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text("utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": served.name}
+
+    @app.get("/v1/models", dependencies=guarded)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [srv.model_card()]}
+
+    @app.get("/v1/models/{model}", dependencies=guarded)
+    async def model(model: str) -> dict[str, Any]:
+        srv.check_model(model)
+        return srv.model_card()
+
+    @app.post("/v1/completions", dependencies=guarded)
+    async def completions(req: CompletionRequest) -> Any:
+        return await srv.completions(req)
+
+    @app.post("/v1/chat/completions", dependencies=guarded)
+    async def chat_completions(req: ChatRequest) -> Any:
+        return await srv.chat(req)
+
+    @app.get("/tokenizer_info", dependencies=guarded)
+    async def get_tokenizer_info() -> dict[str, Any]:
+        return tokenizer_info(served.tokenizer, model_max_length=served.block_size, chat=served.chat)
+
+    @app.post("/tokenize", dependencies=guarded)
+    async def tokenize(req: TokenizeRequest) -> dict[str, Any]:
+        return srv.tokenize(req)
+
+    @app.post("/detokenize", dependencies=guarded)
+    async def detokenize(req: DetokenizeRequest) -> dict[str, Any]:
+        return srv.detokenize(req)
+
+    @app.post("/v1/feedback", dependencies=guarded)
+    async def add_feedback(req: FeedbackRequest) -> dict[str, Any]:
+        return srv.add_feedback(req)
+
+    return app
+
+
+class BackgroundServer:
+    """uvicorn serving `app` from a thread, on a free loopback port unless one is given (tests, benchmarks).
+
+        with BackgroundServer(create_app("runs/sft")) as server:
+            openai.OpenAI(base_url=server.url + "/v1", api_key="-")
+    """
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = host, self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> BackgroundServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def serve(checkpoint: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+          **kw: Any) -> None:
+    """Serve a checkpoint until interrupted (what `gptrecipe serve` runs)."""
+    import uvicorn
+
+    app = create_app(checkpoint, **kw)
+    served: ServedModel = app.state.served
+    kind = "chat" if served.chat else "base"
+    print(f"serving '{served.name}' ({kind} model, {served.model.num_params():,} parameters, context "
+          f"{served.block_size}) from {served.checkpoint}\n  web chat: http://{host}:{port}/\n"
+          f"  OpenAI API: http://{host}:{port}/v1", flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not kw.get("api_key"):
+        print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use the model",
+              flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

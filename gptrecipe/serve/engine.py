@@ -1,0 +1,529 @@
+"""The generation engine: one thread owns the model and decodes every running request in one batch.
+
+Continuous batching over the model's left-padded KV cache. Requests wait in a queue; before every decoding
+step the engine thread admits what is queued: the new prompts go through the model together (one prefill
+pass), and their keys and values are merged into the running batch's cache, right-aligned with the
+rows already there (left padding, positions counted from each row's first real token, so a row computes
+exactly what it would alone). Each step then draws one token for every row with that row's own sampling
+parameters (temperature, top-k, top-p, seed), streams text deltas (held back while they could still
+become a stop string) to the request's sink, and drops finished rows; columns that only padding uses
+are cut off the left of the cache. A request that arrives mid-generation joins at the next step instead
+of waiting for the batch to finish.
+
+Sampling and stream hold-back are the ones of `gptrecipe.sample` (`sample_next`, `left_pad`); the engine
+adds per-row parameters, per-token log-probabilities, and the prompt's log-probabilities (echo) from the
+prefill pass.
+
+    engine = Engine(model, tok, stop_ids=ChatTemplate(tok).stop_ids).start()
+    for ev in engine.stream([ids], GenParams(max_tokens=50, temperature=0.7)):
+        print(ev.text, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..model import GPT, KVCache
+from ..sample import PromptTooLongError, SamplingConfig, _safe_prefix, left_pad, sample_next
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenParams:
+    """Per-request sampling parameters (OpenAI's names)."""
+
+    max_tokens: int = 256  # also capped by the room left in the context
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    stop: list[str] = field(default_factory=list)  # stop strings, not included in the text
+    seed: int | None = None  # a request with a seed draws from its own generator: reproducible
+    logprobs: int | None = None  # None: none; k: each generated token's log-probability and the top k
+    prompt_logprobs: bool = False  # echo: each prompt token's log-probability (the first has none)
+    stop_ids: Sequence[int] | None = None  # None: the engine's stop tokens
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, seed=self.seed, stop=list(self.stop))
+
+
+@dataclass
+class TokenLogprob:
+    token: int
+    logprob: float | None  # the model's log-probability (before temperature / top-k / top-p)
+    top: list[tuple[int, float]] = field(default_factory=list)  # the most likely tokens there, best first
+
+
+@dataclass
+class Event:
+    """What the engine tells a request: new text of one choice, and its end."""
+
+    choice: int  # prompt_index * n + sample_index
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)  # tokens drawn since the last event (stop token included)
+    logprobs: list[TokenLogprob] | None = None  # for `tokens`, when asked for
+    finish_reason: str | None = None  # "stop", "length", or "error" on the choice's last event
+    prompt_logprobs: list[TokenLogprob] | None = None  # once, before any text, when asked for
+    error: str | None = None
+
+
+@dataclass
+class Choice:
+    """A choice's events gathered: the whole completion."""
+
+    index: int
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+    def add(self, ev: Event) -> None:
+        self.text += ev.text
+        self.tokens += ev.tokens
+        if ev.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + ev.logprobs
+        if ev.prompt_logprobs is not None:
+            self.prompt_logprobs = ev.prompt_logprobs
+        if ev.finish_reason is not None:
+            self.finish_reason, self.error = ev.finish_reason, ev.error
+
+
+@dataclass
+class EngineStats:
+    requests: int = 0
+    rows: int = 0  # sequences generated (prompts x n)
+    prefills: int = 0  # forward passes over newly admitted prompts (each admits every queued prompt that fits)
+    steps: int = 0  # decoding forward passes, one token for every running row
+    tokens: int = 0  # tokens generated
+    max_rows: int = 0  # the most rows decoded together in one step
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed."""
+
+
+@dataclass
+class _Request:
+    id: int
+    n: int
+    params: GenParams
+    sink: Callable[[Event], None]
+    stop_ids: frozenset[int]
+    cancelled: bool = False
+
+
+@dataclass
+class _Job:  # one prompt of a request: n rows
+    req: _Request
+    index: int
+    prompt: list[int]
+
+
+class _Row:
+    """One sequence being generated: its tokens, text, and what it has streamed."""
+
+    def __init__(self, job: _Job, sample: int, budget: int, tokenizer):
+        self.req, self.tok = job.req, tokenizer
+        self.choice = job.index * job.req.n + sample
+        self.params = job.req.params
+        self.cfg = self.params.sampling()
+        self.budget = budget
+        self.generator: torch.Generator | None = None
+        if self.params.seed is not None:  # sample 0 uses the seed itself, the others seeds derived from it
+            seed = self.params.seed if sample == 0 else hash((self.params.seed, sample)) & 0x7FFF_FFFF_FFFF_FFFF
+            self.generator = torch.Generator().manual_seed(seed)
+        self.n_drawn = 0
+        self.out: list[int] = []  # text tokens (stop tokens left out)
+        self.text, self.emitted = "", 0
+        self.pending: list[int] = []
+        self.pending_lp: list[TokenLogprob] = []
+        self.finish: str | None = None
+
+    def accept(self, token: int, lp: TokenLogprob | None) -> Event | None:
+        """Take the drawn token; the event to stream, if there is something to say."""
+        self.n_drawn += 1
+        self.pending.append(token)
+        if lp is not None:
+            self.pending_lp.append(lp)
+        if token in self.req.stop_ids:
+            self.finish = "stop"
+        else:
+            self.out.append(token)
+            self.text = self.tok.decode(self.out)
+            hits = [self.text.find(s) for s in self.params.stop if s and s in self.text]
+            if hits:
+                self.text, self.finish = self.text[: min(hits)], "stop"
+        if self.finish is None and self.n_drawn >= self.budget:
+            self.finish = "length"
+        safe = _safe_prefix(self.text, self.params.stop, final=self.finish is not None)
+        if safe <= self.emitted and self.finish is None:
+            return None
+        ev = Event(self.choice, self.text[self.emitted: safe], self.pending,
+                   self.pending_lp if self.params.logprobs is not None else None, self.finish)
+        self.emitted, self.pending, self.pending_lp = max(safe, self.emitted), [], []
+        return ev
+
+
+def _token_logprobs(lp: torch.Tensor, tokens: torch.Tensor, k: int) -> list[TokenLogprob]:
+    """(T, V) log-probabilities and the (T,) tokens taken -> one TokenLogprob per row."""
+    chosen = lp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
+    if k > 0:
+        top_v, top_i = lp.topk(min(k, lp.size(-1)), dim=-1)
+        tops = [list(zip(i, v, strict=True)) for i, v in zip(top_i.tolist(), top_v.tolist(), strict=True)]
+    else:
+        tops = [[] for _ in chosen]
+    return [TokenLogprob(t, c, top) for t, c, top in zip(tokens.tolist(), chosen, tops, strict=True)]
+
+
+class Engine:
+    """A background thread that generates for every submitted request at once (continuous batching)."""
+
+    def __init__(self, model: GPT, tokenizer, *, stop_ids: Sequence[int] | None = None, max_rows: int = 32):
+        """`stop_ids`: tokens that end a reply by default (chat: <|end|>; base model: <|endoftext|>);
+        `max_rows`: the most sequences decoded together (more wait in the queue)."""
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.block = model.config.block_size
+        self.vocab = model.config.vocab_size
+        self.stop_ids = frozenset(stop_ids if stop_ids is not None else [tokenizer.eot_id])
+        self.pad_id = tokenizer.eot_id
+        self.max_rows = max_rows
+        self.device = next(model.parameters()).device
+        self.stats = EngineStats()
+        self._ids = itertools.count(1)
+        self._cond = threading.Condition()
+        self._pending: deque[_Job] = deque()
+        self._requests: dict[int, _Request] = {}
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._rows: list[_Row] = []
+        self._cache: KVCache | None = None
+        self._logits: torch.Tensor | None = None  # (rows, V): the next token's logits of every running row
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="gptrecipe-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> Engine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def running(self) -> int:
+        """Sequences being generated or waiting to start."""
+        with self._cond:
+            return len(self._rows) + sum(j.req.n for j in self._pending)
+
+    # ---- requests -----------------------------------------------------------------------------------
+
+    def check_prompt(self, prompt: Sequence[int]) -> list[int]:
+        """A prompt as a list of valid ids; PromptTooLongError if it does not fit in the context."""
+        ids = [int(t) for t in prompt]
+        if not ids:
+            raise ValueError("a prompt needs at least one token")
+        if len(ids) > self.block:
+            raise PromptTooLongError(f"the prompt has {len(ids)} tokens but the model's context is {self.block} "
+                                     "tokens")
+        bad = [t for t in ids if not 0 <= t < self.vocab]
+        if bad:
+            raise ValueError(f"token ids must be in 0..{self.vocab - 1}, got {bad[:5]}")
+        return ids
+
+    def submit(self, prompts: Sequence[Sequence[int]], params: GenParams, sink: Callable[[Event], None], *,
+               n: int = 1) -> int:
+        """Queue `n` samples of each prompt; `sink(event)` is called from the engine thread. Returns an id
+        for `cancel`. Raises PromptTooLongError / ValueError on a prompt that cannot be generated from."""
+        if not prompts:
+            raise ValueError("no prompts")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        checked = [self.check_prompt(p) for p in prompts]
+        stop_ids = frozenset(params.stop_ids) if params.stop_ids is not None else self.stop_ids
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine is closed")
+            req = _Request(next(self._ids), n, params, sink, stop_ids)
+            self._requests[req.id] = req
+            self._pending.extend(_Job(req, i, p) for i, p in enumerate(checked))
+            self.stats.requests += 1
+            self._cond.notify_all()
+        return req.id
+
+    def cancel(self, request_id: int) -> None:
+        """Stop generating for a request (its rows leave the batch at the next step; no more events)."""
+        with self._cond:
+            req = self._requests.get(request_id)
+            if req is not None:
+                req.cancelled = True
+                self._cond.notify_all()
+
+    def stream(self, prompts: Sequence[Sequence[int]], params: GenParams, *, n: int = 1) -> Iterator[Event]:
+        """Events of a request, in the calling thread, until every choice has finished.
+        Leaving the loop early (break, Ctrl-C) cancels the request."""
+        q: queue.Queue[Event] = queue.Queue()
+        rid = self.submit(prompts, params, q.put, n=n)
+        left = len(prompts) * n
+        try:
+            while left:
+                ev = self._get(q)
+                left -= ev.finish_reason is not None
+                yield ev
+        finally:
+            self.cancel(rid)
+
+    def _get(self, q: queue.Queue) -> Event:
+        while True:  # wait in short slices so Ctrl-C reaches the main thread promptly
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                if self._closed:
+                    raise EngineClosed("the engine was closed") from None
+
+    def complete(self, prompts: Sequence[Sequence[int]], params: GenParams, *, n: int = 1) -> list[Choice]:
+        """Every choice of a request, whole (blocking)."""
+        choices = [Choice(i) for i in range(len(prompts) * n)]
+        for ev in self.stream(prompts, params, n=n):
+            choices[ev.choice].add(ev)
+        return choices
+
+    async def astream(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
+                      n: int = 1) -> AsyncIterator[Event]:
+        """`stream` for asyncio: events arrive through the running loop; closing the iterator cancels."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Event] = asyncio.Queue()
+
+        def sink(ev: Event) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, ev)
+
+        rid = self.submit(prompts, params, sink, n=n)
+        left = len(prompts) * n
+        try:
+            while left:
+                ev = await q.get()
+                left -= ev.finish_reason is not None
+                yield ev
+        finally:
+            self.cancel(rid)
+
+    async def acomplete(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
+                        n: int = 1) -> list[Choice]:
+        choices = [Choice(i) for i in range(len(prompts) * n)]
+        async for ev in self.astream(prompts, params, n=n):
+            choices[ev.choice].add(ev)
+        return choices
+
+    # ---- the engine thread ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not self._closed and not self._pending and not self._rows:
+                        self._cond.wait()
+                    if self._closed:
+                        break
+                    jobs = self._admit()
+                try:
+                    if jobs:
+                        self._prefill(jobs)
+                    if self._rows:
+                        self._step()
+                except Exception as e:  # a bug or out of memory: fail what is running, keep serving
+                    log.exception("generation failed")
+                    self._fail([*self._rows], f"generation failed: {type(e).__name__}: {e}", jobs)
+        self._fail([*self._rows], "the engine was closed", list(self._pending))
+
+    def _admit(self) -> list[_Job]:
+        """Queued prompts that fit in the batch (at least one when nothing runs); cancelled ones dropped."""
+        jobs, rows = [], len(self._rows)
+        while self._pending:
+            job = self._pending[0]
+            if job.req.cancelled:
+                self._pending.popleft()
+                self._requests.pop(job.req.id, None)
+                continue
+            if rows and rows + job.req.n > self.max_rows:
+                break
+            jobs.append(self._pending.popleft())
+            rows += job.req.n
+        return jobs
+
+    def _emit(self, req: _Request, ev: Event) -> None:
+        if req.cancelled:
+            return
+        try:
+            req.sink(ev)
+        except Exception:  # the listener is gone (closed event loop): stop generating for it
+            req.cancelled = True
+
+    def _finish_request_if_done(self, req: _Request) -> None:
+        if all(r.req is not req for r in self._rows) and all(j.req is not req for j in self._pending):
+            with self._cond:
+                self._requests.pop(req.id, None)
+
+    def _fail(self, rows: list[_Row], message: str, jobs: list[_Job] | None = None) -> None:
+        for row in rows:
+            self._emit(row.req, Event(row.choice, finish_reason="error", error=message))
+        for job in jobs or []:
+            if not any(r.req is job.req for r in rows):
+                for s in range(job.req.n):
+                    self._emit(job.req, Event(job.index * job.req.n + s, finish_reason="error", error=message))
+        self._rows, self._cache, self._logits = [], None, None
+        with self._cond:
+            for req in {id(r.req): r.req for r in rows}.values():
+                self._requests.pop(req.id, None)
+            for job in jobs or []:
+                self._requests.pop(job.req.id, None)
+
+    def _prefill(self, jobs: list[_Job]) -> None:
+        """Run the new prompts through the model together and merge them into the running batch."""
+        model = self.model
+        ids, pads = left_pad([j.prompt for j in jobs], self.pad_id, self.device)
+        width = ids.size(1)
+        tmp = model.new_cache(len(jobs), max_len=width, pad=pads)
+        h = model.hidden_states(ids, tmp)
+        last = model.lm_head(h[:, -1])
+        self.stats.prefills += 1
+        new_rows, src = [], []
+        for j, job in enumerate(jobs):
+            p = len(job.prompt)
+            prompt_lp = None
+            if job.req.params.prompt_logprobs:  # echo: the log-probability of each prompt token given the ones before
+                lp = F.log_softmax(model.lm_head(h[j, width - p: width - 1]).float(), dim=-1)
+                prompt_lp = [TokenLogprob(job.prompt[0], None)]
+                prompt_lp += _token_logprobs(lp, ids[j, width - p + 1:], job.req.params.logprobs or 0)
+            budget = min(job.req.params.max_tokens, self.block - p)
+            for s in range(job.req.n):
+                row = _Row(job, s, budget, self.tok)
+                self.stats.rows += 1
+                if prompt_lp is not None:
+                    self._emit(job.req, Event(row.choice, prompt_logprobs=prompt_lp))
+                if budget <= 0:  # nothing to generate (max_tokens 0, or the prompt fills the context)
+                    self._emit(job.req, Event(row.choice, finish_reason="length"))
+                    continue
+                new_rows.append(row)
+                src.append(j)
+        for job in jobs:
+            self._finish_request_if_done(job.req)
+        if not new_rows:
+            return
+        src_t = torch.tensor(src, device=self.device)
+        w_new = max(len(jobs[j].prompt) for j in src)
+        old = self._cache
+        length = max(old.length if old is not None else 0, w_new)
+        n_old = len(self._rows)
+        new_pad = torch.tensor([length - len(jobs[j].prompt) for j in src], device=self.device)
+        pad = new_pad if old is None else torch.cat([old.pad + (length - old.length), new_pad])
+        cache = model.new_cache(n_old + len(new_rows), max_len=min(self.block, length + 64), pad=pad)
+        if old is not None:
+            cache.k[:, :n_old, :, length - old.length: length] = old.k[:, :, :, : old.length]
+            cache.v[:, :n_old, :, length - old.length: length] = old.v[:, :, :, : old.length]
+        cache.k[:, n_old:, :, length - w_new: length] = tmp.k[:, src_t, :, width - w_new: width]
+        cache.v[:, n_old:, :, length - w_new: length] = tmp.v[:, src_t, :, width - w_new: width]
+        cache.length = length
+        self._cache = cache
+        self._rows += new_rows
+        logits = last[src_t]
+        self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token per row, each with its row's parameters (rows that share them are drawn together)."""
+        out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(self._rows):
+            if row.generator is not None and row.cfg.temperature > 0:
+                out[i] = sample_next(logits[i: i + 1], row.cfg, row.generator)[0]
+            else:
+                key = (row.cfg.temperature, row.cfg.top_k, row.cfg.top_p) if row.cfg.temperature > 0 else (0,)
+                groups.setdefault(key, []).append(i)
+        for idx in groups.values():
+            cfg = self._rows[idx[0]].cfg
+            sel = torch.tensor(idx, device=logits.device)
+            out[sel] = sample_next(logits[sel], cfg, None)
+        return out
+
+    def _step(self) -> None:
+        """Draw a token for every row, stream it, drop finished rows, and feed the rest one step."""
+        rows, logits = self._rows, self._logits
+        assert logits is not None and self._cache is not None
+        tokens = self._sample(logits)
+        want_lp = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+        lps: dict[int, TokenLogprob] = {}
+        if want_lp:
+            sel = torch.tensor(want_lp, device=logits.device)
+            lp = F.log_softmax(logits[sel].float(), dim=-1)
+            k = max(rows[i].params.logprobs or 0 for i in want_lp)
+            for i, tl in zip(want_lp, _token_logprobs(lp, tokens[sel], k), strict=True):
+                tl.top = tl.top[: rows[i].params.logprobs]
+                lps[i] = tl
+        self.stats.tokens += len(rows)
+        for i, (row, tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            if row.req.cancelled:
+                continue
+            ev = row.accept(tok, lps.get(i))
+            if ev is not None:
+                self._emit(row.req, ev)
+        keep = [i for i, r in enumerate(rows) if r.finish is None and not r.req.cancelled]
+        done = {id(r.req): r.req for r in rows if r.finish is not None or r.req.cancelled}
+        if len(keep) < len(rows):
+            self._select(keep)
+        for req in done.values():
+            self._finish_request_if_done(req)
+        if not self._rows:
+            return
+        cache = self._cache
+        if cache.length + 1 > cache.max_len:
+            self._grow(min(self.block, max(cache.length + 1, 2 * cache.max_len)))
+        self.stats.max_rows = max(self.stats.max_rows, len(self._rows))
+        out, _ = self.model(tokens[torch.tensor(keep, device=tokens.device)][:, None], cache=self._cache)
+        self._logits = out[:, -1]
+        self.stats.steps += 1
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only these rows; cut the cache's columns that are padding in every remaining row."""
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._logits = None, None
+            return
+        cache = self._cache
+        idx = torch.tensor(keep, device=self.device)
+        pad = cache.pad[idx]
+        cut = int(pad.min())
+        cache.k = cache.k.index_select(1, idx)[:, :, :, cut:]
+        cache.v = cache.v.index_select(1, idx)[:, :, :, cut:]
+        cache.pad, cache.length, cache.max_len = pad - cut, cache.length - cut, cache.max_len - cut
+        self._logits = self._logits[idx]
+
+    def _grow(self, max_len: int) -> None:
+        old = self._cache
+        cache = self.model.new_cache(old.k.size(1), max_len=max_len, pad=old.pad)
+        cache.k[:, :, :, : old.length] = old.k[:, :, :, : old.length]
+        cache.v[:, :, :, : old.length] = old.v[:, :, :, : old.length]
+        cache.length = old.length
+        self._cache = cache

@@ -1,0 +1,118 @@
+"""The generation engine: continuous batching gives every row exactly what the plain sampler gives it alone."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+import torch
+
+from gptrecipe.model import GPT
+from gptrecipe.sample import PromptTooLongError, SamplingConfig, generate
+from gptrecipe.serve.engine import Engine, Event, GenParams
+from tests.conftest import tiny_config
+from tests.serve_util import local_logprobs
+
+
+@pytest.fixture(scope="module")
+def model(small_tok) -> GPT:
+    torch.manual_seed(1)
+    return GPT(tiny_config(vocab_size=small_tok.vocab_size, block_size=256)).eval()
+
+
+def reference(model, tok, ids, max_new, *, temperature=0.0, seed=None, stop=(), stop_ids=()):
+    cfg = SamplingConfig(max_new_tokens=max_new, temperature=temperature, seed=seed, stop=list(stop))
+    return generate(model, tok, [ids], cfg, stop_ids=list(stop_ids))[0]
+
+
+def test_rows_joining_mid_generation_match_the_sampler(model, small_tok):
+    tok = small_tok
+    short, long_ = tok.encode("Hi"), (tok.encode("What is AI? Artificial intelligence is the study. ") * 6)[:100]
+    with Engine(model, tok, stop_ids=[]) as engine:
+        q_a: queue.Queue[Event] = queue.Queue()
+        engine.submit([short], GenParams(max_tokens=200, temperature=0), q_a.put)
+        q_a.get(timeout=30)  # A is generating; B (a longer prompt than A's row so far) and C join it
+        results: dict[str, list] = {}
+
+        def run(name, prompts, params, n=1):
+            results[name] = engine.complete(prompts, params, n=n)
+
+        threads = [threading.Thread(target=run, args=("B", [long_], GenParams(max_tokens=60, temperature=0))),
+                   threading.Thread(target=run, args=("C", [short, tok.encode("Tell me a joke")],
+                                                      GenParams(max_tokens=30, temperature=1.0, seed=7), 2))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        a_tokens = []
+        while True:
+            ev = q_a.get(timeout=30)
+            a_tokens += ev.tokens
+            if ev.finish_reason:
+                break
+        assert engine.stats.max_rows >= 3  # A, B and C's rows were decoded together
+    assert results["B"][0].tokens == reference(model, tok, long_, 60).token_ids
+    assert results["B"][0].finish_reason == "length"
+    c = results["C"]
+    assert [ch.index for ch in c] == [0, 1, 2, 3]
+    assert c[0].tokens == reference(model, tok, short, 30, temperature=1.0, seed=7).token_ids  # sample 0: the seed
+    assert c[0].tokens != c[1].tokens  # sample 1: another seed
+    assert c[2].tokens == reference(model, tok, tok.encode("Tell me a joke"), 30, temperature=1.0, seed=7).token_ids
+
+
+def test_stop_tokens_stop_strings_logprobs_and_echo(model, small_tok):
+    tok = small_tok
+    ids = tok.encode("Hello! How are you?")
+    with Engine(model, tok, stop_ids=[]) as engine:
+        free = engine.complete([ids], GenParams(max_tokens=40, temperature=1.0, seed=3))[0]
+        stop_tok = free.tokens[5]
+        by_token = engine.complete([ids], GenParams(max_tokens=40, temperature=1.0, seed=3, stop_ids=[stop_tok]))[0]
+        assert by_token.finish_reason == "stop" and by_token.tokens == free.tokens[: free.tokens.index(stop_tok) + 1]
+        assert by_token.text == tok.decode(free.tokens[: free.tokens.index(stop_tok)])
+        stop = free.text[4:7]
+        by_text = engine.complete([ids], GenParams(max_tokens=40, temperature=1.0, seed=3, stop=[stop]))[0]
+        assert by_text.finish_reason == "stop" and by_text.text == free.text[: free.text.find(stop)]
+        scored = engine.complete([ids], GenParams(max_tokens=5, temperature=0, logprobs=3, prompt_logprobs=True))[0]
+    full = ids + scored.tokens
+    assert [t.token for t in scored.prompt_logprobs] == ids and scored.prompt_logprobs[0].logprob is None
+    got = [t.logprob for t in scored.prompt_logprobs[1:]] + [t.logprob for t in scored.logprobs]
+    assert got == pytest.approx(local_logprobs(model, full), abs=1e-4)
+    assert all(len(t.top) == 3 and t.top[0][0] == t.token for t in scored.logprobs)  # greedy: the top token
+
+
+def test_context_limit_max_tokens_zero_and_bad_prompts(model, small_tok):
+    tok = small_tok
+    with Engine(model, tok, stop_ids=[]) as engine:
+        full = engine.complete([[5] * 250], GenParams(max_tokens=100, temperature=0))[0]
+        assert len(full.tokens) == 6 and full.finish_reason == "length"  # the context ends at 256
+        none = engine.complete([[5] * 256, [5, 6]], GenParams(max_tokens=0, prompt_logprobs=True))
+        assert [c.tokens for c in none] == [[], []] and none[1].prompt_logprobs[1].token == 6
+        with pytest.raises(PromptTooLongError):
+            engine.submit([[5] * 257], GenParams(), lambda ev: None)
+        with pytest.raises(ValueError):
+            engine.submit([[10**6]], GenParams(), lambda ev: None)
+        with pytest.raises(ValueError):
+            engine.submit([[]], GenParams(), lambda ev: None)
+        assert engine.running == 0
+
+
+def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(model, small_tok):
+    with Engine(model, small_tok, stop_ids=[]) as engine:
+        real_forward = model.forward
+        calls = {"n": 0}
+
+        def broken(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated out of memory")
+            return real_forward(*a, **kw)
+
+        model.forward = broken
+        try:
+            bad = engine.complete([[5, 6, 7]], GenParams(max_tokens=20, temperature=0))[0]
+        finally:
+            del model.forward
+        assert bad.finish_reason == "error" and "simulated out of memory" in bad.error
+        good = engine.complete([[5, 6, 7]], GenParams(max_tokens=20, temperature=0))[0]
+        assert good.finish_reason == "length" and len(good.tokens) == 20
