@@ -107,9 +107,19 @@ def _peak_cache() -> Path:
     return Path(os.environ.get("GPTRECIPE_CACHE", Path.home() / ".cache" / "gptrecipe")) / "peak_flops.json"
 
 
+def _cpu_name() -> str:
+    """CPU model and core count, so a cached peak is never reused on another kind of machine."""
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else 'cpu'} x{os.cpu_count()}"
+
+
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 0, seconds: float = 1.0) -> float:
     """Measured peak matmul FLOP/s of this device in `dtype` (the denominator of MFU); cached on disk."""
-    key = f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else os.cpu_count()}:{dtype}"
+    key = f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_name()}:{dtype}"
     key += f":threads={torch.get_num_threads()}"
     cache = _peak_cache()
     try:
