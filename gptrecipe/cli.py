@@ -12,13 +12,17 @@ from .config import ConfigError
 STAGES_HELP = """stages, in recipe order:
   tokenizer   train / use the byte-level BPE tokenizer (train, encode, decode, stats)
   pretrain    pretrain a GPT on a weighted text mixture (next-token prediction)
-  sample      sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming)
+  sample      sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming; --assistant)
+  eval        in-context accuracy vs K (zero / one / few-shot) on JSONL or builtin tasks; loss, bits/byte
+  finetune    GPT-1 fine-tuning: a task head on the extract token (classification, entailment, ...)
   sft         supervised fine-tuning for chat on conversations (loss on the assistant's tokens)
   rank        comparison data: sample K responses per prompt, ranked by you or by a labeler
   rm          reward model on rankings (pairwise or listwise loss); `rm score` scores responses
   ppo         RLHF with PPO-ptx against the reward model, KL-penalised to the SFT model
   rlhf        rank -> rm -> ppo for --rounds, each round on the current best policy
   run         the main job: every stage above on the embedded data, ending in one run report
+  chat        talk to a chat model in the terminal (streaming, /reset, /save FILE, /system)
+  serve       OpenAI-compatible API server (chat, completions, streaming) + web chat with feedback
 
 Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
 with KEY=VALUE, e.g. `gptrecipe pretrain --config tiny train.max_steps=500 model.n_layer=2`.
@@ -79,6 +83,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=1, help="samples drawn as one batch")
     p.add_argument("--device", default="auto")
+    p.add_argument("--assistant", action="store_true",
+                   help="frame the prompt as the next turn of a transcript between a human and a helpful AI "
+                   "assistant (a base model prompted to act as an assistant); stops before the next 'Human:'")
     p.set_defaults(func=_run_sample)
 
 
@@ -97,12 +104,111 @@ def _run_sample(args) -> int:
     model, _ = load_model(ckpt, pick_device(args.device))
     model.eval()
     tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    stop = list(args.stop)
+    if args.assistant:
+        from .evaluate.prompts import ASSISTANT_STOP, assistant_prompt
+
+        prompt, stop = assistant_prompt(prompt), [*stop, ASSISTANT_STOP]
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, seed=args.seed, stop=args.stop, num_samples=args.num_samples)
+                         top_p=args.top_p, seed=args.seed, stop=stop, num_samples=args.num_samples)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     sys.stdout.write(prompt)
     stream_to_terminal(model, tok, prompt, cfg)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="in-context accuracy vs K (zero / one / few-shot); loss, perplexity, bits/byte",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Evaluate a checkpoint (or a model behind an OpenAI-compatible endpoint): "
+                       "accuracy of in-context\nlearning for each K (prompts as GPT-3: description, K solved "
+                       "examples, the query), and loss,\nperplexity and bits per byte on corpora. Writes "
+                       "runs/NAME/report.md, icl.png and results.json.\n\n"
+                       "Task JSONL: an optional header line {\"description\", \"example_format\": \"{input} -> "
+                       "{output}\", \"separator\"},\nthen items {\"input\", \"target\"} or {\"input\", "
+                       "\"choices\": [...], \"answer\": i}, \"split\": \"train\" for solved examples.\n\n"
+                       "Examples:\n  gptrecipe eval runs/speedrun/pretrain --tasks builtin:synthetic -k 0 1 8\n"
+                       "  gptrecipe eval runs/speedrun/pretrain --tasks my_task.jsonl builtin:translate-zh-en "
+                       "--corpus builtin:shakespeare\n"
+                       "  gptrecipe eval --base-url http://localhost:8000/v1 --api-model my-model "
+                       "--tasks my_task.jsonl")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or run dir (or give --base-url)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK",
+                   help="task .jsonl files or directories, builtin:synthetic[/FAMILY], builtin:translate-zh-en")
+    p.add_argument("-k", "--shots", nargs="+", type=int, metavar="K", help="examples per prompt (default 0 1 2 4 8)")
+    p.add_argument("--corpus", nargs="+", metavar="CORPUS",
+                   help="loss / perplexity / bits per byte on these (files, directories, builtin:NAME)")
+    p.add_argument("--base-url", help="an OpenAI-compatible endpoint instead of a checkpoint, e.g. http://host:8000/v1")
+    p.add_argument("--api-model", help="the model name at the endpoint")
+    p.add_argument("--name", help="output under runs/NAME (default: eval)")
+    p.add_argument("--config", help="eval preset (configs/eval/) or TOML path")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. max_items=50 seed=1")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+
+    from .evaluate.run import load_eval_config, run_eval
+
+    overrides = list(args.overrides)
+    ckpt = args.checkpoint
+    if ckpt and "=" in ckpt and not Path(ckpt).exists():  # `gptrecipe eval KEY=VALUE ...`
+        ckpt, overrides = None, [ckpt, *overrides]
+    tasks, overrides = _split_paths(args.tasks, overrides)
+    corpora, overrides = _split_paths(args.corpus, overrides)
+    if ckpt and args.api_model:
+        raise ConfigError("eval: give a checkpoint or --base-url with --api-model, not both")
+    flags = [f"model={ckpt or args.api_model}"] if (ckpt or args.api_model) else []
+    flags += [f"base_url={args.base_url}"] if args.base_url else []
+    flags += [f"name={args.name}"] if args.name else []
+    flags += [f"tasks={json.dumps(tasks)}"] if tasks else []
+    flags += [f"corpora={json.dumps(corpora)}", *([] if tasks else ["tasks=[]"])] if corpora else []
+    flags += [f"ks={json.dumps(args.shots)}"] if args.shots else []
+    result = run_eval(load_eval_config(args.config, flags + overrides))
+    print(f"report: {result.report}")
+    return 0
+
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="GPT-1 fine-tuning: a linear head on the extract token, L2 + 0.5 L1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="GPT-1 style supervised fine-tuning: a linear head on the final hidden state of "
+                       "an extract token,\nloss L2 + lambda * L1 (task + auxiliary language-model loss, "
+                       "lm_coef=0.5).\n\nData (JSONL), by --task:\n"
+                       "  classification   {\"text\", \"label\"}\n"
+                       "  entailment       {\"premise\", \"hypothesis\", \"label\"}\n"
+                       "  similarity       {\"text_a\", \"text_b\", \"label\"}   (both orders, hidden states added)\n"
+                       "  multiple_choice  {\"context\", \"choices\": [...], \"answer\": i}\n\nExamples:\n"
+                       "  gptrecipe finetune --init runs/speedrun/pretrain --task entailment --data nli.jsonl "
+                       "--val-data nli_val.jsonl\n"
+                       "  gptrecipe finetune score runs/finetune --data test.jsonl     # predictions and accuracy")
+    p.add_argument("--init", help="pretrained checkpoint or run dir to start from")
+    p.add_argument("--task", choices=["classification", "entailment", "similarity", "multiple_choice"])
+    p.add_argument("--data", help="training JSONL (or, with `score`, the JSONL to predict)")
+    p.add_argument("--val-data", help="validation JSONL (default: hold out val_fraction of --data)")
+    p.add_argument("--config", help="finetune preset (configs/finetune/) or TOML path")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE | score CKPT",
+                   help="config overrides (e.g. lm_coef=0.5 train.max_steps=500); or `score CHECKPOINT`")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from .finetune import finetune, load_finetune_config, score_file
+
+    if args.overrides[:1] == ["score"]:
+        if len(args.overrides) != 2 or not args.data:
+            raise ConfigError("usage: gptrecipe finetune score CHECKPOINT --data examples.jsonl")
+        print(f"accuracy {score_file(args.overrides[1], args.data, out=sys.stdout):.4f}")
+        return 0
+    flags = _with_flags(args, "init", "task", "data")
+    cfg = load_finetune_config(args.config, flags + ([f"val_data={args.val_data}"] if args.val_data else []))
+    result = finetune(cfg, resume=args.resume)
+    if result.evals:
+        print(f"done: step {result.final_step}, val accuracy {result.evals[-1]['val_accuracy']:.4f}, "
+              f"report {cfg.run_dir / 'report.md'}")
     return 0
 
 
@@ -277,6 +383,98 @@ def _run_pipeline(args) -> int:
     return 0
 
 
+def _add_sampling_flags(p, temperature: float, max_new_tokens: int) -> None:
+    p.add_argument("--temperature", "-t", type=float, default=temperature, help="0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens, help="reply length cap")
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="chat with a model in the terminal",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Multi-turn chat with an SFT or PPO checkpoint in the terminal; replies stream "
+                       "token by token.\n\nCommands: /reset  forget the conversation; /save FILE  write it as "
+                       "JSON {\"messages\": [...]};\n/system TEXT  set the system prompt; /help; /exit. Ctrl-C "
+                       "stops a reply; Ctrl-D (or Ctrl-C at the prompt) exits.\n\nExample:\n"
+                       "  gptrecipe chat runs/speedrun/sft --system 'You are a helpful assistant.' -t 0.7")
+    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
+    p.add_argument("--system", help="system prompt")
+    _add_sampling_flags(p, temperature=0.7, max_new_tokens=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--chat-template", action="store_true",
+                   help="use the chat template even if the checkpoint is not an SFT/PPO model")
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from .serve.engine import GenParams
+    from .serve.served import load_served
+    from .serve.terminal import chat
+
+    served = load_served(args.checkpoint, device=args.device, chat=True if args.chat_template else None)
+    if not served.chat:
+        raise ConfigError(f"{served.checkpoint} is a base model (stage '{served.stage}'): chat needs an SFT or PPO "
+                          "checkpoint (or --chat-template to force it); for text continuation use `gptrecipe sample`")
+    params = GenParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed)
+    return chat(served, params, system=args.system)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible API server and web chat",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Serve a checkpoint over HTTP: the OpenAI API (GET /v1/models, POST "
+                       "/v1/chat/completions,\nPOST /v1/completions with stream, logprobs, echo, n, seed, stop), "
+                       "the web chat at /, and\n/tokenizer_info, /tokenize, /detokenize for lm-evaluation-harness. "
+                       "Concurrent requests are\ngenerated together (continuous batching). Thumbs and "
+                       "regenerate-and-choose in the web chat are\nappended to --feedback as reward-model "
+                       "comparisons ({\"prompt\", \"chosen\", \"rejected\"}).\n\nExamples:\n"
+                       "  gptrecipe serve runs/speedrun/sft                      # http://127.0.0.1:8000/\n"
+                       "  gptrecipe serve runs/speedrun/pretrain --port 8001 --api-key secret\n"
+                       "  gptrecipe serve runs/speedrun/sft --export-tokenizer runs/hf_tokenizer   # and exit\n"
+                       "  lm_eval --model local-completions --model_args "
+                       "base_url=http://127.0.0.1:8000/v1/completions,model=sft,tokenizer_backend=remote ...")
+    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: $GPTRECIPE_API_KEY, else none)")
+    p.add_argument("--model-name", help="the model's name in the API (default: the run's name)")
+    p.add_argument("--feedback", default="runs/feedback/comparisons.jsonl", metavar="FILE",
+                   help="where the web chat's comparisons go (default %(default)s; 'none' to record nothing)")
+    p.add_argument("--device", default="auto")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--chat", action="store_true", default=None, help="serve as a chat model whatever its stage")
+    mode.add_argument("--base", dest="chat", action="store_false", help="serve as a base model (no chat endpoint)")
+    p.add_argument("--max-batch", type=int, default=32, help="most sequences generated together (default %(default)s)")
+    p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted")
+    p.add_argument("--export-tokenizer", metavar="DIR",
+                   help="write the tokenizer as a Hugging Face folder (AutoTokenizer.from_pretrained) and exit")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import os
+
+    if args.export_tokenizer:
+        from .serve.hf_tokenizer import export_hf_tokenizer
+        from .serve.served import load_served
+
+        served = load_served(args.checkpoint, device="cpu", chat=args.chat)
+        out = export_hf_tokenizer(served.tokenizer, args.export_tokenizer, model_max_length=served.block_size,
+                                  chat=served.chat)
+        print(f"wrote a Hugging Face tokenizer folder to {out}")
+        return 0
+    from .serve.api import serve
+
+    feedback = None if args.feedback.lower() == "none" else args.feedback
+    serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
+          model_name=args.model_name, feedback=feedback, device=args.device, chat=args.chat, max_rows=args.max_batch,
+          max_tokens_limit=args.max_tokens_limit)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tokenizer import add_cli as add_tokenizer
 
@@ -286,12 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokenizer(sub)
     _add_pretrain(sub)
     _add_sample(sub)
+    _add_eval(sub)
+    _add_finetune(sub)
     _add_sft(sub)
     _add_rank(sub)
     _add_rm(sub)
     _add_ppo(sub)
     _add_rlhf(sub)
     _add_run(sub)
+    _add_chat(sub)
+    _add_serve(sub)
     return parser
 
 

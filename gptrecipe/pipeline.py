@@ -9,6 +9,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from .evaluate.run import icl_summary, icl_table, load_eval_config, run_eval
 from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
 from .report import environment, md_table, write_markdown
 from .rlhf import RLHFConfig, run_rlhf
@@ -17,7 +18,7 @@ from .sft import load_sft_config, sft
 
 def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun", sft_preset: str = "tiny",
                  rank_prompts: int = 300, data_paths: list[str] | None = None, sft_overrides: list[str] = (),
-                 rm_overrides: list[str] = (), ppo_overrides: list[str] = (),
+                 rm_overrides: list[str] = (), ppo_overrides: list[str] = (), eval_overrides: list[str] = (),
                  out_dir: str = "runs", resume: bool = False, log=print) -> Path:
     """Run the stages in order under out_dir/name and return the path of report.md."""
     root = Path(out_dir) / name
@@ -26,24 +27,31 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
-    log("== stage 1/4: tokenizer")
+    log("== stage 1/5: tokenizer")
     t = time.perf_counter()
     tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
     timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
     stats = corpus_compression(tok, cfg.data)
 
-    log("== stage 2/4: pretraining")
+    log("== stage 2/5: pretraining")
     t = time.perf_counter()
     result = pretrain(cfg, resume=resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 3/4: supervised fine-tuning for chat")
+    log("== stage 3/5: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
+    t = time.perf_counter()
+    icl = run_eval(load_eval_config("tiny", [f"model={cfg.run_dir}", "name=eval", f"out_dir={root}",
+                                             f"progress={cfg.train.progress}", *eval_overrides]),
+                   mixture=cfg.data, log=log)
+    timings.append({"stage": "in-context eval", "seconds": round(time.perf_counter() - t, 1)})
+
+    log("== stage 4/5: supervised fine-tuning for chat")
     t = time.perf_counter()
     sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}", *sft_overrides])
     sft_result = sft(sft_cfg, resume=resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 4/4: RLHF: rank (simulated labeler) -> reward model -> PPO")
+    log("== stage 5/5: RLHF: rank (simulated labeler) -> reward model -> PPO")
     t = time.perf_counter()
     rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
                                  labeler="builtin:positivity", rank_prompts=rank_prompts,
@@ -65,6 +73,8 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
             {"stage": "pretrain", "result": f"{result.final_step} steps, val loss {first['val_loss']:.3f} "
              f"(step {first['step']}) -> {last['val_loss']:.3f} (step {last['step']}), "
              f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
+            {"stage": "in-context learning", "result": "held-out synthetic tasks, accuracy "
+             + icl_summary(icl.curve)},
             {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues, val loss on "
              f"assistant tokens {s_first['val_loss']:.3f} (step {s_first['step']}) -> {s_last['val_loss']:.3f}"},
             {"stage": "reward model", "result": f"held-out pairwise accuracy {rl['rm_val_accuracy']:.3f} "
@@ -77,6 +87,13 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
         ])),
         ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
                        f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
+        ("In-context learning", "Accuracy of the pretrained model on held-out synthetic tasks (rules drawn from a "
+         "seed space the `builtin:icl` pretraining documents never use) against the number of solved examples in "
+         "the prompt, K (GPT-3's zero-, one- and few-shot):\n\n" + icl_table(icl.curve)
+         + f"\n![accuracy vs K]({icl.png.relative_to(root) if icl.png else ''})\n\nHeld-out loss, perplexity and "
+         "bits per byte of the pretrained model:\n\n" + md_table(icl.corpora, ["corpus", "tokens", "loss",
+                                                                                "perplexity", "bits_per_byte"])
+         + f"\nDetails: [{icl.report.relative_to(root)}]({icl.report.relative_to(root)})\n"),
         ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
         ("Chat replies of the SFT model", "".join(f"```\n{r}\n```\n" for r in replies)
          + "\nSFT details: [sft/report.md](sft/report.md), ![sft loss](sft/loss.png)\n"),

@@ -48,6 +48,13 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
     ax.set_title(title or Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

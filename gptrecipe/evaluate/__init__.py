@@ -1,0 +1,1 @@
+"""Evaluation: in-context learning (zero / one / few-shot) over JSONL or builtin tasks, and corpus metrics."""

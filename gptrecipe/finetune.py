@@ -1,0 +1,352 @@
+"""Stage: GPT-1 style supervised fine-tuning with a task head (Radford et al. 2018, section 3.2-3.3).
+
+A linear head reads the final hidden state of an extract token appended to the input; the loss is
+L3 = L2 + lambda * L1: the task's cross entropy plus lambda (0.5) times the language-model loss on the
+same inputs. The task's structured input becomes token sequences:
+
+    classification   [start; text; extract]
+    entailment       [start; premise; delim; hypothesis; extract]
+    similarity       [start; a; delim; b; extract] and [start; b; delim; a; extract], hidden states added
+    multiple_choice  [start; context; delim; answer_k; extract] for each k, one score each, softmax over k
+
+start is <|endoftext|>, delim <|reserved_0|>, extract <|reserved_1|> (their embeddings are learned here).
+
+    gptrecipe finetune --init runs/speedrun/pretrain --task entailment --data nli.jsonl --val-data nli_val.jsonl
+
+JSONL, one example per line: {"text", "label"} | {"premise", "hypothesis", "label"} | {"text_a", "text_b",
+"label"} | {"context", "choices": [...], "answer": index}. Labels are strings or integers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .chat import read_jsonl
+from .checkpoint import CheckpointError, load_model, load_weights, read_config, resolve_checkpoint
+from .config import ConfigError, dump_toml, load_config, to_dict
+from .data.readers import DataError
+from .model import GPT, IGNORE_INDEX, GPTConfig, optimizer_groups
+from .report import md_table, plot_losses, write_markdown
+from .runtime import init_distributed
+from .tokenizer import Tokenizer
+from .train import TrainConfig, TrainResult, train
+
+TASK_FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"), "similarity": ("text_a", "text_b"),
+               "multiple_choice": ("context",)}
+DELIM, EXTRACT = "<|reserved_0|>", "<|reserved_1|>"
+
+
+@dataclass
+class Example:
+    parts: list[str]  # the text fields, in TASK_FIELDS order (multiple choice: context)
+    label: Any  # label value (multiple choice: index of the right answer)
+    choices: list[str] | None = None
+    where: str = ""
+
+
+def read_examples(path: str | Path, task: str) -> list[Example]:
+    """Examples of `task` from JSONL; errors name the file, the line and the field."""
+    if task not in TASK_FIELDS:
+        raise ConfigError(f"task must be one of {', '.join(TASK_FIELDS)}, got {task!r}")
+    out = []
+    for n, obj in read_jsonl(path):
+        where = f"{path}: line {n}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        parts = []
+        for f in TASK_FIELDS[task]:
+            if not isinstance(obj.get(f), str):
+                raise DataError(f"{where}: field {f!r}: {'missing' if f not in obj else 'must be a string'} "
+                                f"({task} examples have {', '.join(TASK_FIELDS[task])} and "
+                                f"{'choices, answer' if task == 'multiple_choice' else 'label'})")
+            parts.append(obj[f])
+        if task == "multiple_choice":
+            ch, ans = obj.get("choices"), obj.get("answer")
+            if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+                raise DataError(f"{where}: field 'choices': must be a list of at least 2 strings")
+            if isinstance(ans, bool) or not isinstance(ans, int) or not 0 <= ans < len(ch):
+                raise DataError(f"{where}: field 'answer': must be the index (0..{len(ch) - 1}) of the right choice")
+            out.append(Example(parts, ans, ch, where))
+        else:
+            label = obj.get("label")
+            if isinstance(label, bool) or not isinstance(label, str | int):
+                what = "missing" if "label" not in obj else "must be a string or an integer"
+                raise DataError(f"{where}: field 'label': {what}")
+            out.append(Example(parts, label, None, where))
+    if not out:
+        raise DataError(f"{path}: no examples")
+    return out
+
+
+class InputEncoder:
+    """The GPT-1 input transformations: an example -> its token sequences (each ends with the extract token)."""
+
+    def __init__(self, tok: Tokenizer, task: str, block_size: int):
+        self.tok, self.task, self.block = tok, task, block_size
+        self.start, self.delim, self.extract = tok.eot_id, tok.id_of(DELIM), tok.id_of(EXTRACT)
+        self.pad = tok.id_of("<|pad|>")
+
+    def _seq(self, a: list[int], b: list[int] | None = None) -> list[int]:
+        """[start; a; (delim; b;) extract], cut to the context: a lone text keeps its start; of a pair, the
+        longer text loses tokens first (a from the left, keeping a context's end next to the answer)."""
+        if b is None:
+            return [self.start, *a[: self.block - 2], self.extract]
+        la, lb = len(a), len(b)
+        while la + lb > self.block - 3:
+            la, lb = (la - 1, lb) if la >= lb else (la, lb - 1)
+        return [self.start, *a[len(a) - la:], self.delim, *b[:lb], self.extract]
+
+    def sequences(self, ex: Example) -> list[list[int]]:
+        enc = self.tok.encode
+        if self.task == "classification":
+            return [self._seq(enc(ex.parts[0]))]
+        if self.task == "entailment":
+            return [self._seq(enc(ex.parts[0]), enc(ex.parts[1]))]
+        if self.task == "similarity":
+            a, b = enc(ex.parts[0]), enc(ex.parts[1])
+            return [self._seq(a, b), self._seq(b, a)]
+        ctx = enc(ex.parts[0])
+        return [self._seq(ctx, enc(c)) for c in ex.choices or []]
+
+
+class TaskHeadModel(nn.Module):
+    """The transformer and a linear head on the extract token's final hidden state.
+
+    forward(ids, lengths, sizes) -> (task logits (B, C), LM loss): `ids` holds the right-padded sequences of
+    B examples, `sizes[b]` of them for example b (1; 2 for similarity; K for multiple choice).
+    """
+
+    def __init__(self, config: GPTConfig, task: str, n_labels: int, head_dropout: float = 0.1):
+        super().__init__()
+        self.gpt, self.config, self.task = GPT(config), config, task
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(config.n_embd, 1 if task == "multiple_choice" else n_labels)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.ignore: list[int] = []  # special token ids that are not LM targets (set by the stage)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor,
+                sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.gpt.hidden_states(ids)
+        feats = self.dropout(h[torch.arange(ids.size(0), device=ids.device), lengths - 1].float())
+        # L1: next-token loss on the example tokens (not padding, not the delimiter / extract tokens)
+        tgt = ids[:, 1:].clone()
+        tgt[torch.arange(ids.size(1) - 1, device=ids.device)[None, :] >= (lengths - 1)[:, None]] = IGNORE_INDEX
+        for t in self.ignore:
+            tgt[tgt == t] = IGNORE_INDEX
+        logits = self.gpt.lm_head(h[:, :-1])
+        lm_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1),
+                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        lm_loss = lm_sum / (tgt != IGNORE_INDEX).sum().clamp(min=1)  # the mean over text tokens
+        groups = feats.split(sizes.tolist())
+        if self.task == "multiple_choice":
+            scores = self.head(feats).squeeze(-1).split(sizes.tolist())
+            width = int(sizes.max())
+            out = torch.full((len(groups), width), float("-inf"), device=ids.device)
+            for i, s in enumerate(scores):
+                out[i, : len(s)] = s
+            return out, lm_loss
+        return self.head(torch.stack([g.sum(0) for g in groups])), lm_loss  # similarity: both orders added
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        return optimizer_groups(self, weight_decay)
+
+
+def collate(seqs: list[list[list[int]]], labels: list[int], pad: int) -> tuple[torch.Tensor, ...]:
+    """Examples' sequences -> (ids (N, W) right-padded, lengths (N,), sizes (B,), labels (B,))."""
+    flat = [s for group in seqs for s in group]
+    width = max(map(len, flat))
+    ids = torch.full((len(flat), width), pad, dtype=torch.long)
+    for i, s in enumerate(flat):
+        ids[i, : len(s)] = torch.tensor(s)
+    return (ids, torch.tensor([len(s) for s in flat]), torch.tensor([len(g) for g in seqs]),
+            torch.tensor(labels, dtype=torch.long))
+
+
+class HeadTask:
+    """A TrainTask: batches of encoded examples, loss L2 + lm_coef * L1, validation accuracy."""
+
+    def __init__(self, train_set: list[tuple[list[list[int]], int]], val_set: list[tuple[list[list[int]], int]],
+                 pad: int, block_size: int, lm_coef: float, seed: int):
+        if not train_set:
+            raise DataError("finetune: no training examples")
+        self.train_set, self.val_set, self.pad, self.lm_coef, self.seed = train_set, val_set, pad, lm_coef, seed
+        self.tokens_per_row = block_size
+        self.last_metrics: dict[str, float] = {}
+
+    def _batch(self, rows) -> tuple[torch.Tensor, ...]:
+        return collate([r[0] for r in rows], [r[1] for r in rows], self.pad)
+
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.integers(0, len(self.train_set), micro_batch_size * grad_accum * world_size)
+        lo = (micro_step * world_size + rank) * micro_batch_size
+        return self._batch([self.train_set[i] for i in idx[lo: lo + micro_batch_size]])
+
+    def loss(self, model, batch) -> torch.Tensor:
+        ids, lengths, sizes, labels = batch
+        logits, lm_loss = model(ids, lengths, sizes)
+        task_loss = F.cross_entropy(logits, labels)
+        self.last_metrics = {"task_loss": task_loss.item(), "lm_loss": lm_loss.item()}
+        return task_loss + self.lm_coef * lm_loss
+
+    @torch.no_grad()
+    def evaluate(self, model, max_batches: int) -> dict[str, float]:
+        device = next(model.parameters()).device
+        correct = total = 0
+        losses = []
+        for i in range(0, min(len(self.val_set), 32 * max_batches), 32):
+            ids, lengths, sizes, labels = (t.to(device) for t in self._batch(self.val_set[i: i + 32]))
+            logits, _ = model(ids, lengths, sizes)
+            losses.append(F.cross_entropy(logits.float(), labels, reduction="sum").item())
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
+        return {"val_loss": sum(losses) / max(1, total), "val_accuracy": correct / max(1, total)}
+
+    def samples(self, model) -> list[str]:
+        return []
+
+
+@dataclass
+class FinetuneConfig:
+    name: str = "finetune"
+    out_dir: str = "runs"
+    init: str = ""  # pretrained (or SFT) checkpoint or run dir
+    task: str = "classification"  # classification | entailment | similarity | multiple_choice
+    data: str = ""  # training JSONL
+    val_data: str = ""  # validation JSONL; empty = hold out val_fraction of data
+    val_fraction: float = 0.1
+    lm_coef: float = 0.5  # lambda in L3 = L2 + lambda * L1 (GPT-1: 0.5)
+    head_dropout: float = 0.1  # GPT-1: 0.1 on the classifier
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=300, micro_batch_size=32, lr=6.25e-5, warmup_steps=10, eval_every=50, checkpoint_every=100))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def load_finetune_config(preset: str | None = None, overrides: list[str] = ()) -> FinetuneConfig:
+    return load_config(FinetuneConfig, "finetune", preset, overrides)
+
+
+def label_index(examples: list[Example], task: str) -> list[str]:
+    """The label set (as strings, sorted) of non-multiple-choice training examples."""
+    return [] if task == "multiple_choice" else sorted({str(e.label) for e in examples})
+
+
+def encode_examples(enc: InputEncoder, examples: list[Example], labels: list[str]) -> list[tuple[list[list[int]], int]]:
+    index = {lab: i for i, lab in enumerate(labels)}
+    out = []
+    for e in examples:
+        if enc.task == "multiple_choice":
+            y = e.label
+        elif str(e.label) in index:
+            y = index[str(e.label)]
+        else:
+            raise DataError(f"{e.where}: field 'label': {e.label!r} is not a training label ({', '.join(labels)})")
+        out.append((enc.sequences(e), y))
+    return out
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, log=print) -> TrainResult:
+    """Fine-tune `cfg.init` with a task head; checkpoints (stage "finetune") and report.md go to run_dir."""
+    if not cfg.init or not cfg.data:
+        raise ConfigError("finetune: set init=<pretrained checkpoint> and data=<train JSONL> (--init, --data)")
+    if cfg.task not in TASK_FIELDS:
+        raise ConfigError(f"task must be one of {', '.join(TASK_FIELDS)}, got {cfg.task!r}")
+    info, _ = init_distributed(cfg.train.device)
+    ckpt = resolve_checkpoint(cfg.init)
+    base, _ = load_model(ckpt)
+    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    examples = read_examples(cfg.data, cfg.task)
+    if cfg.val_data:
+        train_ex, val_ex = examples, read_examples(cfg.val_data, cfg.task)
+    else:
+        order = np.random.default_rng(cfg.train.seed).permutation(len(examples))
+        n_val = max(1, int(len(examples) * cfg.val_fraction))
+        val_ex, train_ex = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]]
+    labels = label_index(train_ex, cfg.task)
+    enc = InputEncoder(tok, cfg.task, base.config.block_size)
+    train_set, val_set = encode_examples(enc, train_ex, labels), encode_examples(enc, val_ex, labels)
+    log(f"finetune ({cfg.task}): {len(train_set)} train / {len(val_set)} val examples"
+        + (f", labels {labels}" if labels else ""))
+    config = dataclasses.replace(base.config)
+    torch.manual_seed(cfg.train.seed)  # the head's init is part of the run
+    model = TaskHeadModel(config, cfg.task, max(1, len(labels)), cfg.head_dropout)
+    model.gpt.load_state_dict(base.state_dict())
+    model.ignore = [enc.delim, enc.extract]
+    if info.is_main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
+    task = HeadTask(train_set, val_set, enc.pad, config.block_size, cfg.lm_coef, cfg.train.seed)
+    run_config = {"stage": "finetune", "model": dataclasses.asdict(config), "task": cfg.task, "labels": labels,
+                  "head_dropout": cfg.head_dropout, "run": to_dict(cfg), "init": str(ckpt),
+                  "tokenizer_fingerprint": tok.fingerprint}
+    result = train(model, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=ckpt / "tokenizer.json",
+                   resume=resume)
+    if info.is_main and result.evals:
+        write_finetune_report(cfg, result, labels, len(train_set), len(val_set))
+    return result
+
+
+def load_finetuned(path: str | Path, device="cpu") -> tuple[TaskHeadModel, Tokenizer, dict[str, Any]]:
+    """A fine-tuned checkpoint: (model, tokenizer, its config with "task" and "labels")."""
+    ckpt = resolve_checkpoint(path)
+    meta = read_config(ckpt)
+    if meta.get("stage") != "finetune":
+        raise CheckpointError(f"{ckpt} is a {meta.get('stage')!r} checkpoint, not a fine-tuned task model")
+    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    model = TaskHeadModel(GPTConfig(**meta["model"]), meta["task"], max(1, len(meta["labels"])),
+                          meta.get("head_dropout", 0.1))
+    load_weights(model, ckpt)
+    model.ignore = [tok.id_of(DELIM), tok.id_of(EXTRACT)]
+    return model.to(device).eval(), tok, meta
+
+
+@torch.no_grad()
+def predict(model: TaskHeadModel, tok: Tokenizer, examples: list[Example], labels: list[str],
+            batch_size: int = 32) -> list[Any]:
+    """The predicted label of each example (multiple choice: the index of the chosen answer)."""
+    enc = InputEncoder(tok, model.task, model.config.block_size)
+    device = next(model.parameters()).device
+    out: list[Any] = []
+    for i in range(0, len(examples), batch_size):
+        seqs = [enc.sequences(e) for e in examples[i: i + batch_size]]
+        ids, lengths, sizes, _ = collate(seqs, [0] * len(seqs), enc.pad)
+        logits, _ = model(ids.to(device), lengths.to(device), sizes.to(device))
+        out += [int(j) if model.task == "multiple_choice" else labels[int(j)] for j in logits.argmax(-1).tolist()]
+    return out
+
+
+def score_file(checkpoint: str, data: str, out=None) -> float:
+    """`gptrecipe finetune score`: predictions for a JSONL file (printed as JSONL) and the accuracy."""
+    model, tok, meta = load_finetuned(checkpoint)
+    examples = read_examples(data, meta["task"])
+    preds = predict(model, tok, examples, meta["labels"])
+    gold = [e.label if meta["task"] == "multiple_choice" else str(e.label) for e in examples]
+    if out is not None:
+        for e, p in zip(examples, preds, strict=True):
+            out.write(json.dumps({"where": e.where, "prediction": p}, ensure_ascii=False) + "\n")
+    return sum(p == g for p, g in zip(preds, gold, strict=True)) / len(gold)
+
+
+def write_finetune_report(cfg: FinetuneConfig, result: TrainResult, labels: list[str], n_train: int,
+                          n_val: int) -> Path:
+    png = plot_losses(cfg.run_dir / "metrics.jsonl", cfg.run_dir / "loss.png",
+                      title=f"{cfg.name}: L2 + {cfg.lm_coef} L1")
+    rows = [{"step": e["step"], "val loss (task)": e["val_loss"], "val accuracy": e["val_accuracy"]}
+            for e in result.evals]
+    sections = [("Validation accuracy", md_table(rows) + f"\n![loss]({png.name})\n"),
+                ("Task", f"`{cfg.task}`, {n_train} train / {n_val} validation examples"
+                         + (f", labels {labels}" if labels else "") + f"; loss L2 + {cfg.lm_coef} x L1\n")]
+    return write_markdown(cfg.run_dir / "report.md", f"Fine-tuning `{cfg.name}` (GPT-1 task head)", sections)
