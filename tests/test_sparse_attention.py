@@ -204,7 +204,7 @@ def test_schedule_parses_parameterised_kinds():
 
 
 @pytest.mark.parametrize("entry,match", [
-    ("sparse", "unknown kind 'sparse'"),
+    ("sprase", "unknown kind 'sprase'"),
     ("strided", "bad entry 'strided'.*strided\\(k\\)"),
     ("strided(0)", "bad entry 'strided\\(0\\)'.*k must be >= 1"),
     ("local(x)", "bad entry 'local\\(x\\)'"),
