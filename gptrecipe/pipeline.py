@@ -87,9 +87,12 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
         ])),
         ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
                        f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
-        ("In-context learning", "Accuracy of the pretrained model on held-out synthetic tasks (rules drawn from a "
-         "seed space the `builtin:icl` pretraining documents never use) against the number of solved examples in "
-         "the prompt, K (GPT-3's zero-, one- and few-shot):\n\n" + icl_table(icl.curve)
+        ("In-context learning", "Accuracy of the pretrained model on held-out synthetic tasks against the number "
+         "of solved examples in the prompt, K (GPT-3's zero-, one- and few-shot; no gradient step). The tasks are "
+         "random labellings from a seed space the `builtin:icl` pretraining documents never use; each query has "
+         "the right label and distractor labels the task never uses, so accuracy above chance means the model "
+         "read from the examples which labels this task uses (see eval/report.md for the settings):\n\n"
+         + icl_table(icl.curve)
          + f"\n![accuracy vs K]({icl.png.relative_to(root) if icl.png else ''})\n\nHeld-out loss, perplexity and "
          "bits per byte of the pretrained model:\n\n" + md_table(icl.corpora, ["corpus", "tokens", "loss",
                                                                                 "perplexity", "bits_per_byte"])

@@ -140,6 +140,11 @@ def test_multiple_choice_picks_the_answer_the_logits_favour():
     # the log-likelihood is the sum over the continuation's tokens given everything before them
     (lp, n), = backend.loglikelihood([("2+2 ->", " 4")])
     assert n == 2 and lp == pytest.approx(logp(model, ord(">"), ord(" ")) + logp(model, ord(" "), ord("4")), abs=1e-5)
+    # one-token continuations of the same context share a forward pass: same numbers, in request order
+    got = backend.loglikelihood([("2+2 = ", "4"), ("1+1 ->", " 2"), ("2+2 = ", "5"), ("2+2 = ", "4")])
+    assert [n for _, n in got] == [1, 2, 1, 1] and got[0] == got[3]
+    assert got[2][0] == pytest.approx(logp(model, ord(" "), ord("5")), abs=1e-5)
+    assert got[0][0] == pytest.approx(logp(model, ord(" "), ord("4")), abs=1e-5)
 
 
 def test_sum_versus_length_normalized_choice():
@@ -349,6 +354,10 @@ def test_openai_backend_against_a_local_server(endpoint):
                 train=[Item("z", target="w")], separator=", ")
     s = evaluate_tasks(backend, [task], [1], progress=False)[0]
     assert (s.acc, s.exact, s.score) == (1.0, 1.0, 1.0)
+    # a prefix (e.g. <|endoftext|> for `gptrecipe serve`) goes before every prompt and is not scored
+    prefixed = OpenAIBackend(endpoint, "tiny-gpt", prefix="<|endoftext|>")
+    assert prefixed.loglikelihood([("x ->", " big dog")]) == [(-4.0, 2)]
+    assert CompletionsHandler.requests[-1][2]["prompt"] == ["<|endoftext|>x -> big dog"]
     with pytest.raises(EndpointError, match="cannot reach"):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", timeout=2).generate(["a"], 1, [])
 

@@ -20,6 +20,7 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
         ppo_overrides=["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.sample_every=4",
                        "rollout_batch=8", "minibatches=2", "ppo_epochs=1", "val_prompts=4", "max_new_tokens=6",
                        *QUIET],
+        eval_overrides=["synthetic.tasks_per_family=8", "corpus_max_tokens=2048", "progress=false"],
         log=lambda *a: None)
     text = report.read_text()
     for needle in ("| tokenizer |", "| pretrain |", "| in-context learning |", "| sft |", "| reward model |", "| ppo |",

@@ -57,30 +57,43 @@ class LocalBackend:
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[str, str]], bar=None) -> list[tuple[float, int]]:
+        """Requests whose continuation is one token share one forward pass per distinct context (the choices
+        of an item); the others each get a row of prompt + continuation."""
         block = self.model.config.block_size
-        rows = []
-        for ctx, cont in requests:
+        out: list[tuple[float, int]] = [(0.0, 0)] * len(requests)
+        rows: list[tuple[list[int], list[tuple[int, bool, int]]]] = []  # ids, [(request, one token?, token or n)]
+        by_ctx: dict[str, int] = {}
+        for i, (ctx, cont) in enumerate(requests):
             c = self.tok.encode(cont)
-            ids = (self._ids(ctx) + c)[-(block + 1):]  # an over-long prompt loses its start
-            rows.append((ids, min(len(c), len(ids) - 1)))
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths batch together
+            if len(c) == 1:  # the context's last position scores every single-token continuation at once
+                if ctx not in by_ctx:
+                    by_ctx[ctx] = len(rows)
+                    rows.append(((self._ids(ctx) + [0])[-(block + 1):], []))
+                rows[by_ctx[ctx]][1].append((i, True, c[0]))
+            else:
+                ids = (self._ids(ctx) + c)[-(block + 1):]  # an over-long prompt loses its start
+                rows.append((ids, [(i, False, min(len(c), len(ids) - 1))]))
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))  # similar lengths batch together
         for b in range(0, len(order), self.batch_size):
             idx = order[b: b + self.batch_size]
-            width = max(len(rows[i][0]) for i in idx) - 1
+            width = max(len(rows[r][0]) for r in idx) - 1
             x = torch.full((len(idx), width), self.tok.eot_id, dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids = rows[i][0]
-                x[r, : len(ids) - 1] = torch.tensor(ids[:-1])
-            logp = F.log_softmax(self.model(x.to(self.device))[0].float(), dim=-1)
-            for r, i in enumerate(idx):
-                ids, n = rows[i]
+            for j, r in enumerate(idx):
+                ids = rows[r][0]
+                x[j, : len(ids) - 1] = torch.tensor(ids[:-1])
+            logits = self.model(x.to(self.device))[0]
+            for j, r in enumerate(idx):
+                ids, reqs = rows[r]
                 end = len(ids) - 1
-                tgt = torch.tensor(ids[end - n + 1:], device=self.device)
-                lp = logp[r, end - n: end].gather(-1, tgt[:, None]).sum().item() if n else 0.0
-                out[i] = (lp, n)
-            if bar is not None:
-                bar.update(len(idx))
+                for i, one, t in reqs:
+                    if one:  # the single token t after the context
+                        out[i] = (F.log_softmax(logits[j, end - 1].float(), dim=-1)[t].item(), 1)
+                    elif t:  # the row's last t tokens
+                        lp = F.log_softmax(logits[j, end - t: end].float(), dim=-1)
+                        tgt = torch.tensor(ids[end - t + 1:], device=self.device)
+                        out[i] = (lp.gather(-1, tgt[:, None]).sum().item(), t)
+                if bar is not None:
+                    bar.update(len(reqs))
         return out
 
     @torch.no_grad()

@@ -22,10 +22,14 @@ class EndpointError(RuntimeError):
 
 class OpenAIBackend:
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, batch_size: int = 16,
-                 max_tokens: int | None = None, tokenizer=None, timeout: float = 120.0, max_stops: int = 4):
+                 max_tokens: int | None = None, tokenizer=None, timeout: float = 120.0, max_stops: int = 4,
+                 prefix: str = ""):
         """`base_url` like http://localhost:8000/v1. With `max_tokens` (the model's context) and a local
-        `tokenizer` (to count prompt tokens) K is capped to fit; otherwise prompts go as they are."""
+        `tokenizer` (to count prompt tokens) K is capped to fit; otherwise prompts go as they are. `prefix` goes
+        before every prompt: "<|endoftext|>" makes `gptrecipe serve` score exactly as a local checkpoint does
+        (which starts every prompt as a document)."""
         self.url = base_url.rstrip("/") + "/completions"
+        self.prefix = prefix
         self.model, self.batch_size, self.timeout, self.max_stops = model, batch_size, timeout, max_stops
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
         self.tokenizer = tokenizer
@@ -61,9 +65,10 @@ class OpenAIBackend:
         out: list[tuple[float, int]] = []
         for b in range(0, len(requests), self.batch_size):
             batch = requests[b: b + self.batch_size]
-            resp = self._post({"model": self.model, "prompt": [c + x for c, x in batch], "max_tokens": 0,
-                               "echo": True, "logprobs": 1, "temperature": 0})
+            resp = self._post({"model": self.model, "prompt": [self.prefix + c + x for c, x in batch],
+                               "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0})
             for (ctx, cont), choice in zip(batch, resp["choices"], strict=True):
+                ctx = self.prefix + ctx
                 try:
                     lp = choice["logprobs"]
                     pairs = list(zip(lp["text_offset"], lp["token_logprobs"], strict=True))
@@ -82,7 +87,7 @@ class OpenAIBackend:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None) -> list[str]:
         out: list[str] = []
         for b in range(0, len(prompts), self.batch_size):
-            batch = list(prompts[b: b + self.batch_size])
+            batch = [self.prefix + p for p in prompts[b: b + self.batch_size]]
             payload: dict[str, Any] = {"model": self.model, "prompt": batch, "max_tokens": max_new_tokens,
                                        "temperature": 0}
             if stop:

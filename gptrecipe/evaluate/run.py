@@ -29,6 +29,7 @@ class EvalConfig:
     base_url: str = ""  # an OpenAI-compatible endpoint (http://host:port/v1) instead of a local checkpoint
     api_tokenizer: str = ""  # tokenizer.json counting the endpoint's tokens, to cap K (with max_context)
     max_context: int = 0  # the endpoint model's context in tokens (0 = unknown: K is not capped)
+    api_prompt_prefix: str = ""  # before every prompt sent; "<|endoftext|>" scores `gptrecipe serve` as a local run
     tasks: list[str] = field(default_factory=lambda: ["builtin:synthetic"])  # JSONL files, task dirs, builtin:NAME
     ks: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8])
     seed: int = 1234  # picks each item's examples
@@ -72,7 +73,7 @@ def make_backend(cfg: EvalConfig):
             raise ConfigError("eval: with base_url, set model=<the model name at the endpoint> (--api-model)")
         tok = Tokenizer.from_file(cfg.api_tokenizer) if cfg.api_tokenizer else None
         return OpenAIBackend(cfg.base_url, cfg.model, batch_size=cfg.batch_size, tokenizer=tok,
-                             max_tokens=cfg.max_context or None), None, tok
+                             max_tokens=cfg.max_context or None, prefix=cfg.api_prompt_prefix), None, tok
     if not cfg.model:
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
     from ..checkpoint import load_model, resolve_checkpoint
@@ -159,8 +160,12 @@ def icl_table(rows: list[dict]) -> str:
 
 def write_eval_report(cfg: EvalConfig, model_name: str, scores: list[TaskScore], rows: list[dict],
                       groups: list[dict], corpora: list[dict], png: Path | None) -> Path:
+    syn = cfg.synthetic
+    synthetic = (f"; synthetic tasks: {syn.tasks_per_family} per family of {', '.join(syn.families)}, "
+                 f"{syn.test_items} queries each, {syn.choices} choices, distractors `{syn.distractors}`"
+                 if any(t.startswith("builtin:synthetic") for t in cfg.tasks) else "")
     sections = [("Model", f"`{model_name}`; tasks {', '.join(f'`{t}`' for t in cfg.tasks)}; K in {cfg.ks}, "
-                          f"example seed {cfg.seed}\n")]
+                          f"example seed {cfg.seed}{synthetic}\n")]
     if rows:
         sections.append(("Accuracy vs K", icl_table(rows) + (f"\n![accuracy vs K]({png.name})\n" if png else "")))
         by_group = {}

@@ -142,7 +142,8 @@ class SyntheticConfig:
     train_items: int = 24  # solved examples to draw from per task
     choices: int = 8  # answer + distractors (chance = 1 / choices)
     # "rule": distractors are the rule's other outputs first (right only if the mapping itself was read from the
-    # examples); "other": outputs this rule never gives (right once the task's outputs were read from them)
+    # examples); "other": outputs this rule never gives (right once the task's outputs were read from them; meant
+    # for rules whose outputs are a random subset of a larger space: classify, letter_map, word_map)
     distractors: str = "rule"
     seed: int = 0
 
