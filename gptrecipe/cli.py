@@ -198,10 +198,8 @@ def _add_finetune(sub) -> None:
 def _run_finetune(args) -> int:
     from .finetune import finetune, load_finetune_config, score_file
 
-    if args.overrides[:1] == ["score"]:
-        if len(args.overrides) != 2 or not args.data:
-            raise ConfigError("usage: gptrecipe finetune score CHECKPOINT --data examples.jsonl")
-        print(f"accuracy {score_file(args.overrides[1], args.data, out=sys.stdout):.4f}")
+    if ckpt := _score_checkpoint(args, "finetune", "examples.jsonl"):
+        print(f"accuracy {score_file(ckpt, args.data, out=sys.stdout):.4f}")
         return 0
     flags = _with_flags(args, "init", "task", "data")
     cfg = load_finetune_config(args.config, flags + ([f"val_data={args.val_data}"] if args.val_data else []))
@@ -210,6 +208,15 @@ def _run_finetune(args) -> int:
         print(f"done: step {result.final_step}, val accuracy {result.evals[-1]['val_accuracy']:.4f}, "
               f"report {cfg.run_dir / 'report.md'}")
     return 0
+
+
+def _score_checkpoint(args, stage: str, example: str) -> str | None:
+    """The checkpoint of `gptrecipe STAGE score CHECKPOINT --data FILE`, or None when not scoring."""
+    if args.overrides[:1] != ["score"]:
+        return None
+    if len(args.overrides) != 2 or not args.data:
+        raise ConfigError(f"usage: gptrecipe {stage} score CHECKPOINT --data {example}")
+    return args.overrides[1]
 
 
 def _with_flags(args, *names: str) -> list[str]:
@@ -297,10 +304,8 @@ def _add_rm(sub) -> None:
 def _run_rm(args) -> int:
     from .rm import load_rm_config, score_file, train_reward_model
 
-    if args.overrides[:1] == ["score"]:
-        if len(args.overrides) != 2 or not args.data:
-            raise ConfigError("usage: gptrecipe rm score CHECKPOINT --data pairs.jsonl")
-        score_file(args.overrides[1], args.data, out=sys.stdout)
+    if ckpt := _score_checkpoint(args, "rm", "pairs.jsonl"):
+        score_file(ckpt, args.data, out=sys.stdout)
         return 0
     cfg = load_rm_config(args.config, _with_flags(args, "init", "data"))
     result = train_reward_model(cfg, resume=args.resume)
@@ -497,10 +502,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may come after positionals (`gptrecipe eval CKPT --name x a=1`): a stage without sub-commands
+    parses its arguments intermixed."""
+    stages = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and argv[0] in stages:
+        try:
+            args = stages[argv[0]].parse_intermixed_args(argv[1:])
+        except TypeError:  # a stage with sub-commands (tokenizer): argparse's ordinary rules
+            return parser.parse_args(argv)
+        args.stage = argv[0]
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -21,6 +21,17 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+class RunConfig:
+    """Base of the stage configs: a run named `name` lives in `out_dir`/`name`."""
+
+    name: str
+    out_dir: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be applied; the message names the key."""
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .chat import read_jsonl
 from .checkpoint import CheckpointError, load_model, load_weights, read_config, resolve_checkpoint
-from .config import ConfigError, dump_toml, load_config, to_dict
+from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from .data.readers import DataError
 from .model import GPT, IGNORE_INDEX, GPTConfig, optimizer_groups
 from .report import md_table, plot_losses, write_markdown
@@ -217,7 +217,7 @@ class HeadTask:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     name: str = "finetune"
     out_dir: str = "runs"
     init: str = ""  # pretrained (or SFT) checkpoint or run dir
@@ -229,10 +229,6 @@ class FinetuneConfig:
     head_dropout: float = 0.1  # GPT-1: 0.1 on the classifier
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=300, micro_batch_size=32, lr=6.25e-5, warmup_steps=10, eval_every=50, checkpoint_every=100))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_finetune_config(preset: str | None = None, overrides: list[str] = ()) -> FinetuneConfig:

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from .evaluate.run import icl_summary, icl_table, load_eval_config, run_eval
+from .evaluate.synthetic import label_set_baseline
+from .evaluate.tasks import load_tasks
 from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
 from .report import environment, md_table, write_markdown
 from .rlhf import RLHFConfig, run_rlhf
@@ -43,6 +45,13 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
     icl = run_eval(load_eval_config("tiny", [f"model={cfg.run_dir}", "name=eval", f"out_dir={root}",
                                              f"progress={cfg.train.progress}", *eval_overrides]),
                    mixture=cfg.data, log=log)
+    # the same tasks with the task's own other labels as distractors: right only by reading which input
+    # takes which label, beyond which labels the task uses
+    mapping_cfg = load_eval_config("tiny", [f"model={cfg.run_dir}", "name=eval-mapping", f"out_dir={root}",
+                                            f"progress={cfg.train.progress}", *eval_overrides,
+                                            "synthetic.distractors=rule"])
+    mapping = run_eval(mapping_cfg, log=lambda *a: None)
+    knows_labels = label_set_baseline(load_tasks("builtin:synthetic", synthetic=mapping_cfg.synthetic))
     timings.append({"stage": "in-context eval", "seconds": round(time.perf_counter() - t, 1)})
 
     log("== stage 4/5: supervised fine-tuning for chat")
@@ -74,7 +83,8 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
              f"(step {first['step']}) -> {last['val_loss']:.3f} (step {last['step']}), "
              f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
             {"stage": "in-context learning", "result": "held-out synthetic tasks, accuracy "
-             + icl_summary(icl.curve)},
+             + icl_summary(icl.curve) + f"; with the task's own labels as distractors K={mapping.curve[-1]['k']} "
+             f"{mapping.curve[-1]['score']:.3f} (knowing the labels only: {knows_labels:.3f})"},
             {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues, val loss on "
              f"assistant tokens {s_first['val_loss']:.3f} (step {s_first['step']}) -> {s_last['val_loss']:.3f}"},
             {"stage": "reward model", "result": f"held-out pairwise accuracy {rl['rm_val_accuracy']:.3f} "
@@ -93,7 +103,13 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
          "the right label and distractor labels the task never uses, so accuracy above chance means the model "
          "read from the examples which labels this task uses (see eval/report.md for the settings):\n\n"
          + icl_table(icl.curve)
-         + f"\n![accuracy vs K]({icl.png.relative_to(root) if icl.png else ''})\n\nHeld-out loss, perplexity and "
+         + f"\n![accuracy vs K]({icl.png.relative_to(root) if icl.png else ''})\n\n"
+         "The same queries with the task's own other labels as distractors (eval-mapping/report.md): right beyond "
+         f"{knows_labels:.3f} (a reader who knows the task's labels but not which input takes which) only by "
+         "reading the input -> label mapping from the examples:\n\n"
+         + md_table([{"K": r["k"], "accuracy": r["score"], "knows the labels only": round(knows_labels, 3),
+                      "items": r["items"]} for r in mapping.curve])
+         + "\nHeld-out loss, perplexity and "
          "bits per byte of the pretrained model:\n\n" + md_table(icl.corpora, ["corpus", "tokens", "loss",
                                                                                 "perplexity", "bits_per_byte"])
          + f"\nDetails: [{icl.report.relative_to(root)}]({icl.report.relative_to(root)})\n"),

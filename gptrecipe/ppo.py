@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message
 from .checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from .config import ConfigError, dump_toml, load_config, to_dict
+from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from .model import GPT, optimizer_groups
 from .rm import RewardEncoder, RewardModel, load_reward_model, score
 from .sample import SamplingConfig, generate_ids
@@ -37,7 +36,7 @@ from .train import TrainConfig, TrainResult, train
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RunConfig):
     name: str = "ppo"
     out_dir: str = "runs"
     sft: str = ""  # SFT checkpoint: the frozen KL reference (and the policy's init unless policy_init)
@@ -66,10 +65,6 @@ class PPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=64, micro_batch_size=8, lr=1e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0,
         eval_every=16, checkpoint_every=16))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
     @property
     def updates_per_rollout(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
+from .config import ConfigError, RunConfig, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
 from .data import BatchLoader, DataConfig, PreparedData, prepare_data, read_documents
 from .model import GPT, GPTConfig
 from .report import md_table, plot_losses, write_markdown
@@ -32,7 +32,7 @@ class TokenizerSettings:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     name: str = "pretrain"
     out_dir: str = "runs"
     model: GPTConfig = field(default_factory=GPTConfig)
@@ -41,10 +41,6 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=80, seed=0, num_samples=2))
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 PRESET_DIRS = {"model": "models", "data": "data"}

@@ -31,7 +31,7 @@ from .checkpoint import (
     read_config,
     resolve_checkpoint,
 )
-from .config import ConfigError, dump_toml, load_config, to_dict
+from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from .data.readers import DataError
 from .model import GPT, GPTConfig, optimizer_groups
 from .report import md_table, plot_losses, write_markdown
@@ -188,7 +188,7 @@ def score(model: RewardModel, enc: RewardEncoder, prompts: list, responses: list
 
 
 @dataclass
-class RMConfig:
+class RMConfig(RunConfig):
     name: str = "rm"
     out_dir: str = "runs"
     init: str = ""  # SFT checkpoint the reward model starts from
@@ -197,10 +197,6 @@ class RMConfig:
     val_fraction: float = 0.1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=200, micro_batch_size=8, lr=3e-4, warmup_steps=20, eval_every=50, checkpoint_every=100))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_rm_config(preset: str | None = None, overrides: list[str] = ()) -> RMConfig:

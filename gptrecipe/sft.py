@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message, RenderedChat, read_conversations
 from .checkpoint import load_model, resolve_checkpoint
-from .config import ConfigError, dump_toml, load_config, to_dict
+from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from .data.readers import DataError
 from .model import IGNORE_INDEX
 from .report import md_table, plot_losses, write_markdown
@@ -30,7 +30,7 @@ from .train import TrainConfig, TrainResult, train
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(RunConfig):
     name: str = "sft"
     out_dir: str = "runs"
     init: str = ""  # the pretrained checkpoint (or run dir) to start from
@@ -42,10 +42,6 @@ class SFTConfig:
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=0.7,
                                                                            top_k=50, seed=0))
     sample_prompts: list[str] = field(default_factory=lambda: ["Hello", "What is AI?", "Tell me a joke."])
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_sft_config(preset: str | None = None, overrides: list[str] = ()) -> SFTConfig:

@@ -69,6 +69,42 @@ def kill_after(run_dir, step: int) -> None:
     (ckpts / "latest").write_text(f"step_{step:07d}\n")
 
 
+def assert_resume_is_exact(run, out_dir, steps: int = 8, killed_at: int = 4) -> None:
+    """`run(name, resume)` trains a run named `name` under `out_dir` for `steps` steps with a checkpoint every
+    `killed_at`. A run killed after that checkpoint and resumed logs the losses of the uninterrupted run."""
+    from pathlib import Path
+
+    straight = run("a", False)
+    run("b", False)
+    kill_after(Path(out_dir) / "b", killed_at)
+    resumed = run("b", True)
+    assert sorted(resumed.losses) == list(range(killed_at + 1, steps + 1))
+    for s in range(killed_at + 1, steps + 1):
+        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)
+
+
+def assert_left_padding_matches_rows(model, short: int, long: int, new: int) -> None:
+    """A left-padded batch of a `short` and a `long` random prompt, then `new` cached decode steps, gives the
+    logits of each row run alone (positions count from each row's first real token)."""
+    import torch
+
+    torch.manual_seed(2)
+    vocab = model.config.vocab_size
+    s, lg = torch.randint(0, vocab, (1, short)), torch.randint(0, vocab, (1, long))
+    pad = long - short
+    batch = torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), s], 1), lg])
+    cache = model.new_cache(2, pad=torch.tensor([pad, 0]))
+    out = model(batch, cache=cache)[0]
+    nxt = torch.randint(0, vocab, (2, new))
+    steps = torch.cat([model(nxt[:, i:i + 1], cache=cache)[0] for i in range(new)], 1)
+    alone_short = model(torch.cat([s, nxt[:1]], 1))[0][0]
+    alone_long = model(torch.cat([lg, nxt[1:]], 1))[0][0]
+    assert torch.isfinite(out).all()
+    for got, want in [(out[0, pad:], alone_short[:short]), (steps[0], alone_short[short:]),
+                      (out[1], alone_long[:long]), (steps[1], alone_long[long:])]:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def save_stage_checkpoint(path, model, tok, stage: str = "sft"):
     """Save `model` (with its tokenizer) as a checkpoint of `stage`, as the stage commands would."""
     import dataclasses

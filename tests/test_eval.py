@@ -35,6 +35,7 @@ from gptrecipe.evaluate.prompts import (
 from gptrecipe.evaluate.synthetic import (
     FAMILIES,
     SyntheticConfig,
+    label_set_baseline,
     pretraining_rules,
     synthetic_suite,
     translation_task,
@@ -287,6 +288,12 @@ def test_synthetic_tasks_are_seeded_and_held_out():
             for item in t.test:
                 wrong = [c for j, c in enumerate(item.choices) if j != item.answer]
                 assert len(wrong) == 7 and (not set(wrong) & outputs if mode == "other" else set(wrong) & outputs)
+    # a reader who knows the labels but not the mapping: 1 / n_labels with "rule" distractors, always right with "other"
+    rule = synthetic_suite(SyntheticConfig(families=["classify"], tasks_per_family=6, distractors="rule"))
+    n_labels = [len({i.output for i in t.train + t.test}) for t in rule]
+    assert set(n_labels) <= {2, 3, 4} and len(set(n_labels)) > 1
+    assert label_set_baseline(rule) == pytest.approx(sum(1 / n for n in n_labels) / len(n_labels))
+    assert label_set_baseline(synthetic_suite(SyntheticConfig(families=["classify"], distractors="other"))) == 1.0
     docs = list(itertools.islice(read_documents("builtin:icl"), 50))
     assert docs[:3] == list(itertools.islice(read_documents("builtin:icl"), 3))
     assert all(" -> " in d and ", " in d for d in docs)
@@ -392,9 +399,10 @@ def test_cli_eval(small_tok, tmp_path, capsys):
         json.dumps({"input": f"q{i}", "choices": ["yes", "no"], "answer": i % 2}) + "\n" for i in range(6)))
     corpus = tmp_path / "c.txt"
     corpus.write_text("Hello! How are you? What is AI? " * 200)
-    assert main(["eval", str(ckpt), "--tasks", str(task), "builtin:synthetic/letter_map", "-k", "0", "2",
-                 "--corpus", str(corpus), f"out_dir={tmp_path}", "synthetic.tasks_per_family=1",
-                 f"cache_dir={tmp_path}/cache", "progress=false"]) == 0
+    # overrides may come before and after the options
+    assert main(["eval", str(ckpt), "synthetic.tasks_per_family=1", "--tasks", str(task),
+                 "builtin:synthetic/letter_map", "-k", "0", "2", "--corpus", str(corpus), "--name", "eval",
+                 f"out_dir={tmp_path}", f"cache_dir={tmp_path}/cache", "progress=false"]) == 0
     out = capsys.readouterr().out
     assert "K=0: accuracy" in out and "K=2: accuracy" in out and "bits/byte" in out
     res = json.loads((tmp_path / "eval" / "results.json").read_text())

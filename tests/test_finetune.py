@@ -28,7 +28,7 @@ from gptrecipe.finetune import (
 )
 from gptrecipe.model import GPT, IGNORE_INDEX
 from gptrecipe.train import TrainConfig
-from tests.conftest import kill_after, save_stage_checkpoint, tiny_config
+from tests.conftest import assert_resume_is_exact, save_stage_checkpoint, tiny_config
 
 SKY = ["sun", "moon", "star", "sky", "cloud", "rain"]
 FARM = ["cat", "dog", "cow", "pig", "hen", "fox"]
@@ -148,13 +148,7 @@ def test_finetune_resume_is_exact(base_ckpt, tmp_path):
                                                 eval_every=0, checkpoint_every=4, device="cpu", progress=False,
                                                 dtype="fp32"))
 
-    straight = finetune(cfg("a"), log=lambda *a: None)
-    finetune(cfg("b"), log=lambda *a: None)
-    kill_after(tmp_path / "b", 4)
-    resumed = finetune(cfg("b"), resume=True, log=lambda *a: None)
-    assert sorted(resumed.losses) == [5, 6, 7, 8]
-    for s in range(5, 9):
-        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)
+    assert_resume_is_exact(lambda name, resume: finetune(cfg(name), resume=resume, log=lambda *a: None), tmp_path)
 
 
 def test_bad_examples_name_file_line_and_field(tmp_path, small_tok):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gptrecipe.model import ATTENTION_KINDS, GPT, IGNORE_INDEX, GPTConfig
-from tests.conftest import tiny_config
+from tests.conftest import assert_left_padding_matches_rows, tiny_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
 
@@ -104,19 +104,7 @@ def test_kv_cache_chunked_prefill(tiny_model):
 
 
 def test_left_padded_batch_matches_each_row_alone(tiny_model):
-    torch.manual_seed(2)
-    short, long = torch.randint(0, 257, (1, 5)), torch.randint(0, 257, (1, 12))
-    batch = torch.cat([torch.cat([torch.zeros(1, 7, dtype=torch.long), short], 1), long])
-    cache = tiny_model.new_cache(2, pad=torch.tensor([7, 0]))
-    out = tiny_model(batch, cache=cache)[0]
-    nxt = torch.randint(0, 257, (2, 1))
-    step = tiny_model(nxt, cache=cache)[0]
-    alone_short = tiny_model(torch.cat([short, nxt[:1]], 1))[0]
-    alone_long = tiny_model(torch.cat([long, nxt[1:]], 1))[0]
-    assert torch.isfinite(out).all()
-    torch.testing.assert_close(out[0, 7:], alone_short[0, :5], rtol=0, atol=1e-5)
-    torch.testing.assert_close(step[0, 0], alone_short[0, 5], rtol=0, atol=1e-5)
-    torch.testing.assert_close(step[1, 0], alone_long[0, 12], rtol=0, atol=1e-5)
+    assert_left_padding_matches_rows(tiny_model, short=5, long=12, new=3)
 
 
 def test_context_overflow_is_a_clear_error(tiny_model):

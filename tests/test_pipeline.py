@@ -27,6 +27,7 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
                    "| gold check |", "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
         assert needle in text, needle
     root = tmp_path / "mini"
-    for f in ("pretrain/loss.png", "eval/icl.png", "eval/report.md", "sft/loss.png", "rlhf/round1/ppo/ppo.png",
+    for f in ("pretrain/loss.png", "eval/icl.png", "eval/report.md", "eval-mapping/report.md", "sft/loss.png",
+              "rlhf/round1/ppo/ppo.png",
               "rlhf/round1/rm/report.md", "rlhf/rankings.jsonl", "rlhf/round1/ppo/policy/model.safetensors"):
         assert (root / f).exists(), f

@@ -20,7 +20,7 @@ from gptrecipe.rm import (
     train_reward_model,
 )
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import kill_after, save_stage_checkpoint, tiny_config, write_rankings
+from tests.conftest import assert_resume_is_exact, save_stage_checkpoint, tiny_config, write_rankings
 
 
 def lsig(x: float) -> float:
@@ -124,10 +124,5 @@ def test_rm_resume_is_exact(small_tok, tmp_path):
                         train=TrainConfig(max_steps=steps, micro_batch_size=4, lr=3e-3, warmup_steps=2, eval_every=0,
                                           checkpoint_every=4, device="cpu", progress=False, dtype="fp32"))
 
-    straight = train_reward_model(cfg("a", 8), log=lambda *a: None)
-    train_reward_model(cfg("b", 8), log=lambda *a: None)
-    kill_after(tmp_path / "b", 4)
-    resumed = train_reward_model(cfg("b", 8), resume=True, log=lambda *a: None)
-    assert sorted(resumed.losses) == [5, 6, 7, 8]
-    for s in range(5, 9):
-        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)
+    assert_resume_is_exact(lambda name, resume: train_reward_model(cfg(name, 8), resume=resume, log=lambda *a: None),
+                           tmp_path)

@@ -8,7 +8,7 @@ from gptrecipe.data.readers import DataError
 from gptrecipe.model import GPT, IGNORE_INDEX
 from gptrecipe.sft import MaskedLMTask, pack, render_all
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import tiny_config
+from tests.conftest import assert_resume_is_exact, tiny_config
 
 CONV = [Message("system", "Be kind."), Message("user", "Hello!"), Message("assistant", "Hi, how are you?"),
         Message("user", "Fine.")]
@@ -110,7 +110,6 @@ def test_sft_stage_resume_is_exact(small_tok, tmp_path):
 
     from gptrecipe.checkpoint import save_checkpoint
     from gptrecipe.sft import SFTConfig, sft
-    from tests.conftest import kill_after
 
     torch.manual_seed(0)
     base = GPT(tiny_config(vocab_size=small_tok.vocab_size, dropout=0.1))
@@ -127,10 +126,4 @@ def test_sft_stage_resume_is_exact(small_tok, tmp_path):
                                            checkpoint_every=4, device="cpu", progress=False, dtype="fp32"),
                          sample_prompts=["Hello"])
 
-    straight = sft(cfg("a"), log=lambda *a: None)
-    sft(cfg("b"), log=lambda *a: None)
-    kill_after(tmp_path / "b", 4)
-    resumed = sft(cfg("b"), resume=True, log=lambda *a: None)
-    assert sorted(resumed.losses) == [5, 6, 7, 8]
-    for s in range(5, 9):
-        assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-5)
+    assert_resume_is_exact(lambda name, resume: sft(cfg(name), resume=resume, log=lambda *a: None), tmp_path)

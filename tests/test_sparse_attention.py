@@ -21,7 +21,7 @@ from gptrecipe.sparse_attention import (
     pattern_mask,
     sparse_attention,
 )
-from tests.conftest import tiny_config
+from tests.conftest import assert_left_padding_matches_rows, tiny_config
 
 # T = 8, k = 3, written out by hand from the definitions (row = query i, column = key j)
 GOLDEN = {
@@ -280,20 +280,7 @@ def test_kv_cache_generation_equals_full_recompute(attention):
 @pytest.mark.parametrize("attention", ["dense,strided(4)", "fixed(4,1)"])
 def test_left_padded_batch_matches_each_row_alone(attention):
     """Positions (and so fixed's block boundaries) count from each row's first real token."""
-    m = _sparse_model(attention).eval()
-    torch.manual_seed(2)
-    short, long = torch.randint(0, 257, (1, 6)), torch.randint(0, 257, (1, 13))
-    batch = torch.cat([torch.cat([torch.zeros(1, 7, dtype=torch.long), short], 1), long])
-    cache = m.new_cache(2, pad=torch.tensor([7, 0]))
-    out = m(batch, cache=cache)[0]
-    nxt = torch.randint(0, 257, (2, 6))
-    steps = torch.cat([m(nxt[:, i:i + 1], cache=cache)[0] for i in range(6)], 1)
-    alone_short = m(torch.cat([short, nxt[:1]], 1))[0][0]
-    alone_long = m(torch.cat([long, nxt[1:]], 1))[0][0]
-    assert torch.isfinite(out).all()
-    for got, want in [(out[0, 7:], alone_short[:6]), (steps[0], alone_short[6:]),
-                      (out[1], alone_long[:13]), (steps[1], alone_long[13:])]:
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_left_padding_matches_rows(_sparse_model(attention).eval(), short=6, long=13, new=6)
 
 
 def test_checkpoint_records_the_pattern_and_refuses_a_mismatch(tmp_path):

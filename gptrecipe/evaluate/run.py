@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, dump_toml, load_config, to_dict
+from ..config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from ..data import DataConfig
 from ..report import md_table, save_figure, write_markdown
 from .harness import TaskScore, curve, evaluate_tasks
@@ -22,7 +22,7 @@ from .tasks import load_tasks
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(RunConfig):
     name: str = "eval"
     out_dir: str = "runs"
     model: str = ""  # checkpoint or run dir; or, with base_url, the model name at the endpoint
@@ -43,10 +43,6 @@ class EvalConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     device: str = "auto"
     progress: bool = True
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 def load_eval_config(preset: str | None = None, overrides: list[str] = ()) -> EvalConfig:

@@ -196,6 +196,16 @@ def synthetic_suite(cfg: SyntheticConfig | None = None) -> list[Task]:
     return tasks
 
 
+def label_set_baseline(tasks: list[Task]) -> float:
+    """Mean accuracy of a reader who knows each task's outputs (those of its solved examples) but not which
+    input takes which: per query, 1 / (how many of its choices are outputs of the task)."""
+    accs = []
+    for t in tasks:
+        outputs = {i.target for i in t.train}
+        accs += [1 / max(1, sum(c in outputs for c in i.choices)) for i in t.test]
+    return sum(accs) / len(accs)
+
+
 def pretraining_rules(n_docs: int = 6_000, seed: int = 0) -> Iterator[tuple[Rule, np.random.Generator]]:
     """The rule of each `builtin:icl` document (and the generator that goes on to draw its examples)."""
     names, weights = list(PRETRAIN_FAMILIES), np.array(list(PRETRAIN_FAMILIES.values()))
