@@ -113,6 +113,14 @@ class KVCache:
         self.v[layer, :, :, t0:t1] = v
         return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
 
+    def select(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding these rows of this one (a row may repeat): several continuations of one prompt
+        each go on from a copy of the prompt's keys and values."""
+        new = object.__new__(KVCache)
+        new.k, new.v, new.pad = self.k[:, rows], self.v[:, rows], self.pad[rows]
+        new.length, new.max_len = self.length, self.max_len
+        return new
+
     def attention_mask(self, tq: int) -> torch.Tensor | None:
         """Boolean (B, 1, Tq, Tk) mask for the next Tq queries, or None when plain causal suffices."""
         tk = self.length + tq

@@ -119,8 +119,17 @@ class Bigram(nn.Module):
         self.table = nn.Parameter(torch.zeros(vocab, vocab))
         self.config = SimpleNamespace(block_size=block_size)
 
+    lm_head = nn.Identity()  # the "hidden state" is already the logits
+
+    def hidden_states(self, idx, cache=None):
+        return self.table[idx]
+
     def forward(self, idx, targets=None, cache=None):
         return self.table[idx], None
+
+    def new_cache(self, batch_size, max_len=None, pad=None):
+        """No keys to keep: a bigram reads only the current token."""
+        return SimpleNamespace(select=lambda rows: None)
 
 
 def logp(model: Bigram, prev: int, nxt: int) -> float:
@@ -146,6 +155,27 @@ def test_multiple_choice_picks_the_answer_the_logits_favour():
     assert [n for _, n in got] == [1, 2, 1, 1] and got[0] == got[3]
     assert got[2][0] == pytest.approx(logp(model, ord(" "), ord("5")), abs=1e-5)
     assert got[0][0] == pytest.approx(logp(model, ord(" "), ord("4")), abs=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["dense", "dense,strided(4)"])
+def test_shared_context_scoring_equals_one_full_forward_per_request(attention):
+    """Contexts run once (left-padded, cached) and choices go on from copies of the cache: the same numbers as
+    running each context + continuation alone from scratch, for 0- to 4-token continuations."""
+    tok = ByteTokenizer()
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=tok.vocab_size, block_size=64, attention=attention)).eval()
+    backend = LocalBackend(model, tok, batch_size=3)
+    ctxs = ["The capital of France ->", "2+2 =", "a b c d e f g h i j k l ->", "x"]
+    requests = [(c, x) for c in ctxs for x in [" Paris", " 4", "", " z", "!!"]] + [("q ->", " yes")]
+    got = backend.loglikelihood(requests)
+    for (ctx, cont), (lp, n) in zip(requests, got, strict=True):
+        ids, c = [tok.eot_id, *tok.encode(ctx)], tok.encode(cont)
+        assert n == len(c)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + c]))[0][0]
+        want = torch.log_softmax(logits[len(ids) - 1: len(ids) + len(c) - 1], -1)
+        want = want.gather(-1, torch.tensor(c, dtype=torch.long)[:, None]).sum().item() if c else 0.0
+        assert lp == pytest.approx(want, abs=1e-4), (ctx, cont)
 
 
 def test_sum_versus_length_normalized_choice():

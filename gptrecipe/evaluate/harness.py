@@ -1,10 +1,11 @@
 """Scoring in-context tasks through a model backend: a local checkpoint, or an OpenAI-compatible endpoint.
 
-Items with choices are scored by the log-likelihood of each continuation given the prompt (one forward
-pass over a right-padded batch of prompt + choice rows): `acc` picks the highest sum of log-probabilities,
-`acc_norm` the highest per character (lm-evaluation-harness' length normalisation). Items with a target
-are answered by greedy generation until a stop string; `exact` compares the stripped strings, `normalized`
-after lowercasing and dropping punctuation, articles and extra spaces (SQuAD's normalisation).
+Items with choices are scored by the log-likelihood of each continuation given the prompt (the prompt runs
+once for all its choices, then each choice goes on from a copy of its KV cache): `acc` picks the highest
+sum of log-probabilities, `acc_norm` the highest per character (lm-evaluation-harness' length
+normalisation). Items with a target are answered by greedy generation until a stop string; `exact`
+compares the stripped strings, `normalized` after lowercasing and dropping punctuation, articles and
+extra spaces (SQuAD's normalisation).
 """
 
 from __future__ import annotations
@@ -57,43 +58,51 @@ class LocalBackend:
 
     @torch.no_grad()
     def loglikelihood(self, requests: Sequence[tuple[str, str]], bar=None) -> list[tuple[float, int]]:
-        """Requests whose continuation is one token share one forward pass per distinct context (the choices
-        of an item); the others each get a row of prompt + continuation."""
+        """Requests sharing a context (the choices of an item) share its forward pass: a batch of distinct
+        contexts runs once, left-padded, into a KV cache; the context's last position scores every first
+        continuation token, and longer continuations go on from a copy of their context's cache. A context
+        too long for the batch's longest continuation loses its start."""
         block = self.model.config.block_size
+        conts = [self.tok.encode(cont) for _, cont in requests]
+        groups: dict[str, list[int]] = {}
+        for i, (ctx, _) in enumerate(requests):
+            groups.setdefault(ctx, []).append(i)
+        ids = {ctx: self._ids(ctx) for ctx in groups}
+        order = sorted(groups, key=lambda c: -len(ids[c]))  # similar lengths batch together
         out: list[tuple[float, int]] = [(0.0, 0)] * len(requests)
-        rows: list[tuple[list[int], list[tuple[int, bool, int]]]] = []  # ids, [(request, one token?, token or n)]
-        by_ctx: dict[str, int] = {}
-        for i, (ctx, cont) in enumerate(requests):
-            c = self.tok.encode(cont)
-            if len(c) == 1:  # the context's last position scores every single-token continuation at once
-                if ctx not in by_ctx:
-                    by_ctx[ctx] = len(rows)
-                    rows.append(((self._ids(ctx) + [0])[-(block + 1):], []))
-                rows[by_ctx[ctx]][1].append((i, True, c[0]))
-            else:
-                ids = (self._ids(ctx) + c)[-(block + 1):]  # an over-long prompt loses its start
-                rows.append((ids, [(i, False, min(len(c), len(ids) - 1))]))
-        order = sorted(range(len(rows)), key=lambda r: -len(rows[r][0]))  # similar lengths batch together
         for b in range(0, len(order), self.batch_size):
-            idx = order[b: b + self.batch_size]
-            width = max(len(rows[r][0]) for r in idx) - 1
-            x = torch.full((len(idx), width), self.tok.eot_id, dtype=torch.long)
-            for j, r in enumerate(idx):
-                ids = rows[r][0]
-                x[j, : len(ids) - 1] = torch.tensor(ids[:-1])
-            logits = self.model(x.to(self.device))[0]
-            for j, r in enumerate(idx):
-                ids, reqs = rows[r]
-                end = len(ids) - 1
-                for i, one, t in reqs:
-                    if one:  # the single token t after the context
-                        out[i] = (F.log_softmax(logits[j, end - 1].float(), dim=-1)[t].item(), 1)
-                    elif t:  # the row's last t tokens
-                        lp = F.log_softmax(logits[j, end - t: end].float(), dim=-1)
-                        tgt = torch.tensor(ids[end - t + 1:], device=self.device)
-                        out[i] = (lp.gather(-1, tgt[:, None]).sum().item(), t)
-                if bar is not None:
-                    bar.update(len(reqs))
+            batch = order[b: b + self.batch_size]
+            extra = max(len(conts[i]) for c in batch for i in groups[c]) - 1  # tokens fed after the context
+            extra = max(extra, 0)
+            rows = [ids[c][-(block - extra):] for c in batch]
+            width = max(map(len, rows))
+            x = torch.full((len(rows), width), self.tok.eot_id, dtype=torch.long)
+            for j, r in enumerate(rows):
+                x[j, width - len(r):] = torch.tensor(r)
+            pad = torch.tensor([width - len(r) for r in rows])
+            cache = self.model.new_cache(len(rows), max_len=width + extra, pad=pad)
+            h = self.model.hidden_states(x.to(self.device), cache)[:, -1]
+            first = F.log_softmax(self.model.lm_head(h).float(), dim=-1)  # (contexts, vocab): the next token
+            longer = []
+            for j, c in enumerate(batch):
+                for i in groups[c]:
+                    n = len(conts[i])
+                    out[i] = (first[j, conts[i][0]].item() if n else 0.0, n)
+                    if n > 1:
+                        longer.append((j, i))
+            for s in range(0, len(longer), self.batch_size):  # continuations, on copies of their context's cache
+                part = longer[s: s + self.batch_size]
+                xc = torch.full((len(part), extra), self.tok.eot_id, dtype=torch.long)
+                for r, (_, i) in enumerate(part):
+                    xc[r, : len(conts[i]) - 1] = torch.tensor(conts[i][:-1])
+                sub = cache.select(torch.tensor([j for j, _ in part], device=self.device))
+                lp = F.log_softmax(self.model(xc.to(self.device), cache=sub)[0].float(), dim=-1)
+                for r, (_, i) in enumerate(part):
+                    tgt = torch.tensor(conts[i][1:], device=self.device)
+                    rest = lp[r, : len(tgt)].gather(-1, tgt[:, None]).sum().item()
+                    out[i] = (out[i][0] + rest, out[i][1])
+            if bar is not None:
+                bar.update(sum(len(groups[c]) for c in batch))
         return out
 
     @torch.no_grad()
