@@ -104,7 +104,8 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
          "read from the examples which labels this task uses (see eval/report.md for the settings):\n\n"
          + icl_table(icl.curve)
          + f"\n![accuracy vs K]({icl.png.relative_to(root) if icl.png else ''})\n\n"
-         "The same queries with the task's own other labels as distractors (eval-mapping/report.md): right beyond "
+         "The same queries with the task's own other labels as distractors "
+         "([eval-mapping/report.md](eval-mapping/report.md)): right beyond "
          f"{knows_labels:.3f} (a reader who knows the task's labels but not which input takes which) only by "
          "reading the input -> label mapping from the examples:\n\n"
          + md_table([{"K": r["k"], "accuracy": r["score"], "knows the labels only": round(knows_labels, 3),
