@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from .chat import read_jsonl
 from .checkpoint import CheckpointError, load_model, load_weights, read_config, resolve_checkpoint
 from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
+from .data.loader import global_batch, rank_slice
 from .data.readers import DataError
 from .model import GPT, IGNORE_INDEX, GPTConfig, optimizer_groups
 from .report import md_table, plot_losses, write_markdown
@@ -187,10 +188,8 @@ class HeadTask:
         return collate([r[0] for r in rows], [r[1] for r in rows], self.pad)
 
     def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
-        rng = np.random.default_rng([self.seed, step])
-        idx = rng.integers(0, len(self.train_set), micro_batch_size * grad_accum * world_size)
-        lo = (micro_step * world_size + rank) * micro_batch_size
-        return self._batch([self.train_set[i] for i in idx[lo: lo + micro_batch_size]])
+        idx = global_batch(self.seed, step, len(self.train_set), micro_batch_size * grad_accum * world_size)
+        return self._batch([self.train_set[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
 
     def loss(self, model, batch) -> torch.Tensor:
         ids, lengths, sizes, labels = batch

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .chat import ChatTemplate, Message
 from .checkpoint import load_model, resolve_checkpoint, save_checkpoint
 from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
+from .data.loader import rank_slice
 from .model import GPT, optimizer_groups
 from .rm import RewardEncoder, RewardModel, load_reward_model, score
 from .sample import SamplingConfig, generate_ids
@@ -284,8 +285,8 @@ class PPOTask:
         size = cfg.rollout_batch // cfg.minibatches
         rows = perm[mb * size: (mb + 1) * size]
         per_rank = len(rows) // (grad_accum * world_size)
-        lo = (micro_step * world_size + rank) * per_rank
-        idx = torch.as_tensor(rows[lo: lo + per_rank], device=self.buffer["ids"].device)
+        mine = rank_slice(rows, micro_step, per_rank, rank, world_size)
+        idx = torch.as_tensor(mine, device=self.buffer["ids"].device)
         b = {k: v[idx] for k, v in self.buffer.items()}
         out = [b["ids"], b["mask"], b["logp"], b["values"], b["adv"], b["returns"]]
         if self.ptx_loader is not None and cfg.gamma_ptx > 0:

@@ -32,6 +32,7 @@ from .checkpoint import (
     resolve_checkpoint,
 )
 from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
+from .data.loader import global_batch, rank_slice
 from .data.readers import DataError
 from .model import GPT, GPTConfig, optimizer_groups
 from .report import md_table, plot_losses, write_markdown
@@ -148,10 +149,9 @@ class RankingTask:
         return ids, lengths, torch.tensor(sizes)
 
     def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
-        rng = np.random.default_rng([self.seed, step])
-        idx = rng.integers(0, len(self.train_set), micro_batch_size * grad_accum * world_size)
-        lo = (micro_step * world_size + rank) * micro_batch_size
-        return self._encode([self.train_set[i] for i in idx[lo: lo + micro_batch_size]])
+        idx = global_batch(self.seed, step, len(self.train_set), micro_batch_size * grad_accum * world_size)
+        mine = rank_slice(idx, micro_step, micro_batch_size, rank, world_size)
+        return self._encode([self.train_set[i] for i in mine])
 
     def loss(self, model, batch) -> torch.Tensor:
         ids, lengths, sizes = batch

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .chat import ChatTemplate, Message, RenderedChat, read_conversations
 from .checkpoint import load_model, resolve_checkpoint
 from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
+from .data.loader import global_batch, rank_slice
 from .data.readers import DataError
 from .model import IGNORE_INDEX
 from .report import md_table, plot_losses, write_markdown
@@ -106,10 +107,8 @@ class MaskedLMTask:
         return ids[:, :-1], tgt[:, 1:]
 
     def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
-        rng = np.random.default_rng([self.seed, step])
-        idx = rng.integers(0, len(self.rows), micro_batch_size * grad_accum * world_size)
-        lo = (micro_step * world_size + rank) * micro_batch_size
-        x, y = self._tensors([self.rows[i] for i in idx[lo: lo + micro_batch_size]])
+        idx = global_batch(self.seed, step, len(self.rows), micro_batch_size * grad_accum * world_size)
+        x, y = self._tensors([self.rows[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
         # normaliser: trainable tokens of the whole global batch, so the gradient is their token mean
         norm = torch.tensor(max(1, int(self.counts[idx].sum())) / (grad_accum * world_size), dtype=torch.float32)
         return x, y, norm

@@ -19,6 +19,18 @@ from .readers import DataError
 from .shards import PreparedData
 
 
+def global_batch(seed: int, step: int, n_rows: int, size: int) -> np.ndarray:
+    """Indices of one optimizer step's global batch: `size` draws from `n_rows`, seeded by (seed, step), so
+    every rank draws the same batch and a resumed run draws what the uninterrupted one did."""
+    return np.random.default_rng([seed, step]).integers(0, n_rows, size)
+
+
+def rank_slice(rows, micro_step: int, per_rank: int, rank: int, world_size: int):
+    """This rank's part of a global batch at this micro step (laid out micro step first, then rank), so that
+    N ranks x A accumulation steps see exactly the rows of 1 rank x N*A steps."""
+    lo = (micro_step * world_size + rank) * per_rank
+    return rows[lo: lo + per_rank]
+
 class BatchLoader:
     def __init__(self, data: PreparedData, block_size: int, seed: int = 1337):
         if block_size < 1:
@@ -44,8 +56,8 @@ class BatchLoader:
                              f"micro_step={micro_step}, grad_accum_steps={grad_accum_steps}, rank={rank}, "
                              f"world_size={world_size}")
         rows = self.rows(step, micro_batch_size * grad_accum_steps * world_size)
-        lo = (micro_step * world_size + rank) * micro_batch_size
-        return self._stack([(self.data.corpora[i].train, s) for i, s in rows[lo: lo + micro_batch_size]])
+        mine = rank_slice(rows, micro_step, micro_batch_size, rank, world_size)
+        return self._stack([(self.data.corpora[i].train, s) for i, s in mine])
 
     def _stack(self, windows) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.from_numpy(np.stack([tokens.window(s, self.block_size + 1) for tokens, s in windows]))
