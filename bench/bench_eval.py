@@ -47,15 +47,14 @@ class Recorder:
 
 
 def load(args):
-    from gptrecipe.checkpoint import load_model, resolve_checkpoint
+    from gptrecipe.checkpoint import load_checkpoint
     from gptrecipe.config import load_config
     from gptrecipe.model import GPT, GPTConfig
     from gptrecipe.tokenizer import DEFAULT_INPUTS, Tokenizer, read_texts
 
     if args.ckpt:
-        ckpt = resolve_checkpoint(args.ckpt)
-        model, _ = load_model(ckpt, "cpu")
-        return model.eval(), Tokenizer.from_file(ckpt / "tokenizer.json"), str(ckpt)
+        loaded = load_checkpoint(args.ckpt, "cpu", lm=True)
+        return loaded.model.eval(), loaded.tokenizer, str(loaded.path)
     cfg = load_config(GPTConfig, "models", args.model)
     tok = Tokenizer.train(read_texts(DEFAULT_INPUTS, 1_000_000), cfg.vocab_size, show_progress=False)
     torch.manual_seed(0)

@@ -65,7 +65,7 @@ def load_tokenizer(vocab: int) -> tuple[Tokenizer, str]:
 
 def load_prompt_texts() -> list[str]:
     try:
-        from gptrecipe.rank import load_prompts
+        from gptrecipe.compare import load_prompts
 
         return load_prompts("builtin:chatterbot")
     except Exception:  # data layer unavailable: deterministic stand-ins
@@ -145,7 +145,8 @@ def run_ours(a, tok: Tokenizer, prompts: list[str]) -> dict:
         for k in range(upd):  # the body of gptrecipe.train.train's step loop (grad_accum 1, one process)
             step = it * upd + k
             batch = task.get_batch(step, 0, tcfg.micro_batch_size, 1, 0, 1)
-            loss = task.loss(fwd, batch)
+            terms = task.loss(fwd, batch.tensors)
+            loss = sum(terms[k] / batch.counts[k] for k in terms)  # the loop's normalisation
             loss.backward()
             loss.detach().item()
             torch.nn.utils.clip_grad_norm_(ac.parameters(), tcfg.grad_clip).item()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import socket
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from gptrecipe.checkpoint import save_checkpoint
+from gptrecipe.checkpoint import CheckpointMeta, save_checkpoint
 from gptrecipe.model import GPT, GPTConfig
 from gptrecipe.sample import SamplingConfig, generate_ids
 from gptrecipe.serve.engine import Engine, GenParams
@@ -230,7 +229,7 @@ def main() -> None:
     if not args.skip_server:
         with tempfile.TemporaryDirectory() as d:
             tok.save(Path(d) / "tokenizer.json")
-            ckpt = save_checkpoint(Path(d) / "bench", model, {"stage": "pretrain", "model": dataclasses.asdict(cfg)},
+            ckpt = save_checkpoint(Path(d) / "bench", model, CheckpointMeta.of("pretrain", cfg, tok),
                                    tokenizer_path=Path(d) / "tokenizer.json")
             server_rows = bench_server(ckpt, args)
     print("\n| batch | implementation | tokens/s | vs HF |\n|---|---|---|---|")

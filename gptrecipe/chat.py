@@ -10,11 +10,10 @@ conversation, appends <|assistant|> and samples until <|end|>.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data.readers import DataError
+from .io import DataError, read_jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -88,25 +87,6 @@ def parse_messages(obj: object, where: str) -> list[Message]:
     if isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str):
         return [Message("user", obj["prompt"]), Message("assistant", obj["response"])]
     raise DataError(f"{where}: expected 'messages' or 'prompt' and 'response' fields, got {sorted(obj)}")
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; malformed JSON names the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: invalid UTF-8 at byte {e.start}") from None
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def read_conversations(path: str | Path) -> list[list[Message]]:

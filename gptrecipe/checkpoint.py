@@ -2,7 +2,7 @@
 
 A checkpoint is a directory:
     model.safetensors          weights (safetensors: no pickle, safe to load from strangers)
-    config.json                {"stage": ..., "model": GPTConfig fields, "run": the stage's config, ...}
+    config.json                CheckpointMeta: stage, model (GPTConfig fields), tokenizer fingerprint, run, extras
     tokenizer.json             copy of the tokenizer, so a checkpoint is self-contained
     trainer_state.safetensors  optimizer moments, RNG states (tensors)
     trainer_state.json         step, optimizer hyper-parameters, anything else (plain JSON)
@@ -16,14 +16,17 @@ import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file, save_model
-from safetensors.torch import load_model as load_safetensors_into
 
+from .heads import RewardModel, TaskHeadModel
+from .io import atomic_write_text, fsync_tree
 from .model import GPT, GPTConfig
+from .tokenizer import Tokenizer
 
 
 class CheckpointError(ValueError):
@@ -61,12 +64,6 @@ def unpack_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain module under DDP / torch.compile wrappers."""
     while True:
@@ -78,10 +75,55 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+@dataclass
+class CheckpointMeta:
+    """What a checkpoint is (config.json): the stage that wrote it, the model it holds, the tokenizer it needs,
+    the stage's run config, where it started from, and the stage's own extras (a task head's labels, ...)."""
+
+    stage: str
+    model: dict[str, Any] = field(default_factory=dict)  # GPTConfig fields
+    tokenizer_fingerprint: str = ""
+    run: dict[str, Any] = field(default_factory=dict)
+    init: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, stage: str, model_config: GPTConfig, tokenizer, run: Any = None, init: str | Path = "",
+           **extras: Any) -> CheckpointMeta:
+        run_dict = dataclasses.asdict(run) if dataclasses.is_dataclass(run) else dict(run or {})
+        return cls(stage, dataclasses.asdict(model_config), getattr(tokenizer, "fingerprint", ""), run_dict,
+                   str(init), extras)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> CheckpointMeta:
+        names = {f.name for f in dataclasses.fields(cls)}
+        extras = {**obj.get("extras", {}), **{k: v for k, v in obj.items() if k not in names}}  # older flat files
+        return cls(**{k: v for k, v in obj.items() if k in names and k != "extras"}, extras=extras)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @property
+    def gpt_config(self) -> GPTConfig:
+        try:
+            return GPTConfig(**self.model)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"bad 'model' section in a {self.stage!r} checkpoint ({e})") from None
+
+    def check_resumes(self, saved: CheckpointMeta, where: Path) -> None:
+        """Refuse to continue a run from a checkpoint of another model shape or tokenizer, naming what differs."""
+        a, b = saved.tokenizer_fingerprint, self.tokenizer_fingerprint
+        if a and b and a != b:
+            raise CheckpointError(f"checkpoint {where} was trained with another tokenizer "
+                                  f"(fingerprint {a[:12]} vs {b[:12]}); start a new run instead")
+        if self.model:
+            check_model_config(saved.model, self.gpt_config, where)
+
+
 def save_checkpoint(
     ckpt_dir: str | Path,
     model: torch.nn.Module,
-    config: dict[str, Any],
+    meta: CheckpointMeta,
     *,
     trainer_state: dict[str, Any] | None = None,
     tokenizer_path: str | Path | None = None,
@@ -93,7 +135,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(unwrap(model), str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    (tmp / "config.json").write_text(meta.to_json())
     if tokenizer_path is not None:
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
     if trainer_state is not None:
@@ -101,6 +143,7 @@ def save_checkpoint(
         tree = pack_state(trainer_state, tensors)
         save_file(tensors, str(tmp / "trainer_state.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps(tree))
+    fsync_tree(tmp)
     if ckpt_dir.exists():  # replace an older checkpoint of the same name without a window of none
         old = ckpt_dir.with_name(f".{ckpt_dir.name}.old{os.getpid()}")
         os.rename(ckpt_dir, old)
@@ -108,7 +151,7 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, ckpt_dir)
-    _atomic_write_text(ckpt_dir.parent / "latest", ckpt_dir.name + "\n")
+    atomic_write_text(ckpt_dir.parent / "latest", ckpt_dir.name + "\n")
     return ckpt_dir
 
 
@@ -126,11 +169,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"no checkpoint found at {p} (expected model.safetensors or a 'latest' file)")
 
 
-def read_config(ckpt: str | Path) -> dict[str, Any]:
+def read_meta(ckpt: str | Path) -> CheckpointMeta:
     ckpt = resolve_checkpoint(ckpt)
     try:
-        return json.loads((ckpt / "config.json").read_text())
-    except (OSError, ValueError) as e:
+        return CheckpointMeta.from_json(json.loads((ckpt / "config.json").read_text()))
+    except (OSError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ckpt / 'config.json'}: unreadable checkpoint config ({e})") from None
 
 
@@ -143,30 +186,63 @@ def check_model_config(saved: dict[str, Any], wanted: GPTConfig, where: Path) ->
         raise CheckpointError(f"checkpoint {where} was made with another model config: " + "; ".join(diffs))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """Load a GPT from a checkpoint (dir, run dir, or checkpoints/ dir). Returns (model, config)."""
+@dataclass
+class Loaded:
+    model: torch.nn.Module  # GPT, RewardModel or TaskHeadModel, by stage
+    tokenizer: Tokenizer
+    meta: CheckpointMeta
+    path: Path
+
+
+def build_model(meta: CheckpointMeta, tok: Tokenizer) -> torch.nn.Module:
+    """An untrained model of the kind a checkpoint of `meta.stage` holds."""
+    config = meta.gpt_config
+    if meta.stage == "rm":
+        return RewardModel(config)
+    if meta.stage == "finetune":
+        x = meta.extras
+        return TaskHeadModel(config, x["task"], max(1, len(x["labels"])), x.get("head_dropout", 0.1),
+                             tuple(tok.id_of(t) for t in x.get("ignore_tokens", [])))
+    return GPT(config)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, lm: bool = False) -> Loaded:
+    """The one loader: a checkpoint (dir, run dir or checkpoints/ dir) of any stage, with its tokenizer.
+
+    A PPO checkpoint holds the actor-critic; the model loaded from it is the policy. `lm=True` refuses a
+    checkpoint whose model is not a language model (a reward model, a task head)."""
     ckpt = resolve_checkpoint(path)
-    cfg = read_config(ckpt)
-    try:
-        model_cfg = GPTConfig(**cfg["model"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{ckpt / 'config.json'}: bad 'model' section ({e})") from None
-    model = GPT(model_cfg)
-    load_weights(model, ckpt)
-    return model.to(device), cfg
+    meta = read_meta(ckpt)
+    if not (ckpt / "tokenizer.json").is_file():
+        raise CheckpointError(f"{ckpt}: no tokenizer.json in the checkpoint")
+    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    model = build_model(meta, tok)
+    if lm and not isinstance(model, GPT):
+        raise CheckpointError(f"{ckpt} is a {meta.stage!r} checkpoint (a model with a head), not a language model")
+    if tok.vocab_size > meta.gpt_config.vocab_size:
+        raise CheckpointError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                              f"{meta.gpt_config.vocab_size}")
+    load_weights(model, ckpt, prefix="policy." if meta.stage == "ppo" else "")
+    return Loaded(model.to(device), tok, meta, ckpt)
 
 
-def load_weights(model: torch.nn.Module, ckpt: str | Path) -> None:
-    ckpt = resolve_checkpoint(ckpt)
+def load_weights(model: torch.nn.Module, ckpt: str | Path, prefix: str = "") -> None:
+    """Load the checkpoint's weights (those under `prefix`, if any are) into `model`; every tensor must match."""
+    file = resolve_checkpoint(ckpt) / "model.safetensors"
     try:
-        missing, unexpected = load_safetensors_into(unwrap(model), str(ckpt / "model.safetensors"), strict=False)
-    except Exception as e:  # safetensors raises several types for shape mismatch or corruption
-        raise CheckpointError(f"{ckpt / 'model.safetensors'}: cannot load weights ({e})") from None
+        state = load_file(str(file))
+        if prefix and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: t for k, t in state.items() if k.startswith(prefix)}
+        missing, unexpected = unwrap(model).load_state_dict(state, strict=False)
+    except Exception as e:  # safetensors / torch raise several types for shape mismatch or corruption
+        raise CheckpointError(f"{file}: cannot load weights ({e})") from None
+    # a tied tensor (the LM head is the token embedding) is saved once, under one of its names
+    ptr = {k: t.data_ptr() for k, t in unwrap(model).state_dict().items()}
+    loaded = {ptr[k] for k in state if k in ptr}
+    missing = [k for k in missing if ptr[k] not in loaded]
     if missing or unexpected:
-        raise CheckpointError(
-            f"{ckpt / 'model.safetensors'}: weights do not match the model "
-            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
-        )
+        raise CheckpointError(f"{file}: weights do not match the model "
+                              f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
 
 
 def load_trainer_state(ckpt: str | Path) -> dict[str, Any]:

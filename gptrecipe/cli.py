@@ -3,39 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .data import DataError
+from .sample import PromptTooLongError
+from .tokenizer import TokenizerError
 
-STAGES_HELP = """stages, in recipe order:
-  tokenizer   train / use the byte-level BPE tokenizer (train, encode, decode, stats)
-  pretrain    pretrain a GPT on a weighted text mixture (next-token prediction)
-  sample      sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming; --assistant)
-  eval        in-context accuracy vs K (zero / one / few-shot) on JSONL or builtin tasks; loss, bits/byte
-  finetune    GPT-1 fine-tuning: a task head on the extract token (classification, entailment, ...)
-  sft         supervised fine-tuning for chat on conversations (loss on the assistant's tokens)
-  rank        comparison data: sample K responses per prompt, ranked by you or by a labeler
-  rm          reward model on rankings (pairwise or listwise loss); `rm score` scores responses
-  ppo         RLHF with PPO-ptx against the reward model, KL-penalised to the SFT model
-  rlhf        rank -> rm -> ppo for --rounds, each round on the current best policy
-  run         the main job: every stage above on the embedded data, ending in one run report
-  chat        talk to a chat model in the terminal (streaming, /reset, /save FILE, /system)
-  serve       OpenAI-compatible API server (chat, completions, streaming) + web chat with feedback
+# a stage's known failures: printed as one line `gptrecipe STAGE: error: ...` (exit 2), not a traceback
+KNOWN_ERRORS = (ConfigError, CheckpointError, DataError, TokenizerError, PromptTooLongError, FileNotFoundError)
 
-Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
-with KEY=VALUE, e.g. `gptrecipe pretrain --config tiny train.max_steps=500 model.n_layer=2`.
+CONFIG_HELP = """Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
+with KEY=VALUE, e.g. `gptrecipe pretrain --config tiny train.max_steps=500 model.n_layer=2`; `gptrecipe run`
+takes STAGE.KEY=VALUE for its other stages, e.g. `sft.train.max_steps=50 ppo.beta=0.02`.
 """
 
 
+def _parser(sub, name: str, help: str, run, description: str) -> argparse.ArgumentParser:
+    """A stage's sub-command: `help` in the list of stages, `description` laid out as written, `run(args)`."""
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=run)
+    return p
+
+
+def _done(result, cfg, line: str) -> None:
+    """A training stage's last line, when it evaluated at all: `line` formatted with `first` and `last` (its
+    first and last evals), `r` (the result) and `cfg` (its config)."""
+    if result.evals:
+        print(line.format(first=result.evals[0], last=result.evals[-1], r=result, cfg=cfg))
+
+
 def _add_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain a GPT on a text mixture",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Pretrain a GPT (next-token prediction) on a weighted mixture of corpora.\n\n"
-                       "Examples:\n  gptrecipe pretrain --config tiny\n"
-                       "  gptrecipe pretrain --config tiny --data my_texts/ train.max_steps=2000\n"
-                       "  torchrun --nproc_per_node 2 -m gptrecipe pretrain --config tiny   # DDP")
+    p = _parser(sub, "pretrain", "pretrain a GPT on a weighted text mixture (next-token prediction)", _run_pretrain,
+                "Pretrain a GPT (next-token prediction) on a weighted mixture of corpora.\n\n"
+                "Examples:\n  gptrecipe pretrain --config tiny\n"
+                "  gptrecipe pretrain --config tiny --data my_texts/ train.max_steps=2000\n"
+                "  torchrun --nproc_per_node 2 -m gptrecipe pretrain --config tiny   # DDP")
     p.add_argument("--config", default="tiny", help="pretrain preset name (configs/pretrain/) or TOML path")
     p.add_argument("--model", help="model preset (configs/models/), e.g. tiny, small, gpt2, gpt3-small")
     p.add_argument("--data", nargs="+", metavar="PATH",
@@ -43,7 +51,6 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=1e-3")
-    p.set_defaults(func=_run_pretrain)
 
 
 def _run_pretrain(args) -> int:
@@ -55,10 +62,8 @@ def _run_pretrain(args) -> int:
     if args.print_config:
         print(dump_toml(cfg), end="")
         return 0
-    result = pretrain(cfg, resume=args.resume)
-    if result.evals:
-        print(f"done: step {result.final_step}, val loss {result.evals[-1]['val_loss']:.4f}, "
-              f"report {cfg.run_dir / 'report.md'}")
+    _done(pretrain(cfg, resume=args.resume), cfg,
+          "done: step {r.final_step}, val loss {last[val_loss]:.4f}, report {cfg.run_dir}/report.md")
     return 0
 
 
@@ -70,40 +75,41 @@ def _split_paths(paths: list[str] | None, overrides: list[str]) -> tuple[list[st
     return keep, [p for p in paths if p not in keep] + list(overrides)
 
 
-def _add_sample(sub) -> None:
-    p = sub.add_parser("sample", help="sample text from a checkpoint",
-                       description="Sample from a checkpoint. The prompt comes from --prompt or stdin.")
-    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
-    p.add_argument("--prompt", "-p", help="prompt text (default: read stdin if piped, else a newline)")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=200)
-    p.add_argument("--temperature", "-t", type=float, default=0.8, help="0 = greedy")
+def _add_sampling_flags(p, temperature: float, max_new_tokens: int) -> None:
+    p.add_argument("--temperature", "-t", type=float, default=temperature, help="0 = greedy (default %(default)s)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens,
+                   help="most tokens generated (default %(default)s)")
     p.add_argument("--seed", type=int, default=None)
+
+
+def _add_sample(sub) -> None:
+    p = _parser(sub, "sample", "sample from a checkpoint (temperature, top-k, top-p, stop strings, streaming; "
+                "--assistant)", _run_sample, "Sample from a checkpoint. The prompt comes from --prompt or stdin.")
+    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
+    p.add_argument("--prompt", "-p", help="prompt text (default: read stdin if piped, else a newline)")
+    _add_sampling_flags(p, temperature=0.8, max_new_tokens=200)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--num-samples", type=int, default=1, help="samples drawn as one batch")
     p.add_argument("--device", default="auto")
     p.add_argument("--assistant", action="store_true",
                    help="frame the prompt as the next turn of a transcript between a human and a helpful AI "
                    "assistant (a base model prompted to act as an assistant); stops before the next 'Human:'")
-    p.set_defaults(func=_run_sample)
 
 
 def _run_sample(args) -> int:
     import torch
 
-    from .checkpoint import load_model, resolve_checkpoint
+    from .checkpoint import load_checkpoint
     from .runtime import pick_device
     from .sample import SamplingConfig, stream_to_terminal
-    from .tokenizer import Tokenizer
 
     prompt = args.prompt
     if prompt is None:
         prompt = sys.stdin.read() if not sys.stdin.isatty() else "\n"
-    ckpt = resolve_checkpoint(args.checkpoint)
-    model, _ = load_model(ckpt, pick_device(args.device))
-    model.eval()
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    loaded = load_checkpoint(args.checkpoint, pick_device(args.device), lm=True)
+    model, tok = loaded.model.eval(), loaded.tokenizer
     stop = list(args.stop)
     if args.assistant:
         from .evaluate.prompts import ASSISTANT_STOP, assistant_prompt
@@ -119,20 +125,18 @@ def _run_sample(args) -> int:
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="in-context accuracy vs K (zero / one / few-shot); loss, perplexity, bits/byte",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Evaluate a checkpoint (or a model behind an OpenAI-compatible endpoint): "
-                       "accuracy of in-context\nlearning for each K (prompts as GPT-3: description, K solved "
-                       "examples, the query), and loss,\nperplexity and bits per byte on corpora. Writes "
-                       "runs/NAME/report.md, icl.png and results.json.\n\n"
-                       "Task JSONL: an optional header line {\"description\", \"example_format\": \"{input} -> "
-                       "{output}\", \"separator\"},\nthen items {\"input\", \"target\"} or {\"input\", "
-                       "\"choices\": [...], \"answer\": i}, \"split\": \"train\" for solved examples.\n\n"
-                       "Examples:\n  gptrecipe eval runs/speedrun/pretrain --tasks builtin:synthetic -k 0 1 8\n"
-                       "  gptrecipe eval runs/speedrun/pretrain --tasks my_task.jsonl builtin:translate-zh-en "
-                       "--corpus builtin:shakespeare\n"
-                       "  gptrecipe eval --base-url http://localhost:8000/v1 --api-model my-model "
-                       "--tasks my_task.jsonl")
+    p = _parser(sub, "eval", "in-context accuracy vs K (zero / one / few-shot) on JSONL or builtin tasks; loss, "
+                "perplexity, bits/byte", _run_eval,
+                "Evaluate a checkpoint (or a model behind an OpenAI-compatible endpoint): accuracy of in-context\n"
+                "learning for each K (prompts as GPT-3: description, K solved examples, the query), and loss,\n"
+                "perplexity and bits per byte on corpora. Writes runs/NAME/report.md, icl.png and results.json.\n\n"
+                "Task JSONL: an optional header line {\"description\", \"example_format\": \"{input} -> "
+                "{output}\", \"separator\"},\nthen items {\"input\", \"target\"} or {\"input\", "
+                "\"choices\": [...], \"answer\": i}, \"split\": \"train\" for solved examples.\n\n"
+                "Examples:\n  gptrecipe eval runs/speedrun/pretrain --tasks builtin:synthetic -k 0 1 8\n"
+                "  gptrecipe eval runs/speedrun/pretrain --tasks my_task.jsonl builtin:translate-zh-en "
+                "--corpus builtin:shakespeare\n"
+                "  gptrecipe eval --base-url http://localhost:8000/v1 --api-model my-model --tasks my_task.jsonl")
     p.add_argument("checkpoint", nargs="?", help="checkpoint or run dir (or give --base-url)")
     p.add_argument("--tasks", nargs="+", metavar="TASK",
                    help="task .jsonl files or directories, builtin:synthetic[/FAMILY], builtin:translate-zh-en")
@@ -144,7 +148,6 @@ def _add_eval(sub) -> None:
     p.add_argument("--name", help="output under runs/NAME (default: eval)")
     p.add_argument("--config", help="eval preset (configs/eval/) or TOML path")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. max_items=50 seed=1")
-    p.set_defaults(func=_run_eval)
 
 
 def _run_eval(args) -> int:
@@ -160,105 +163,114 @@ def _run_eval(args) -> int:
     corpora, overrides = _split_paths(args.corpus, overrides)
     if ckpt and args.api_model:
         raise ConfigError("eval: give a checkpoint or --base-url with --api-model, not both")
-    flags = [f"model={ckpt or args.api_model}"] if (ckpt or args.api_model) else []
-    flags += [f"base_url={args.base_url}"] if args.base_url else []
-    flags += [f"name={args.name}"] if args.name else []
-    flags += [f"tasks={json.dumps(tasks)}"] if tasks else []
-    flags += [f"corpora={json.dumps(corpora)}", *([] if tasks else ["tasks=[]"])] if corpora else []
-    flags += [f"ks={json.dumps(args.shots)}"] if args.shots else []
+    given = {"model": ckpt or args.api_model, "base_url": args.base_url, "name": args.name,
+             "tasks": tasks and json.dumps(tasks), "corpora": corpora and json.dumps(corpora),
+             "ks": args.shots and json.dumps(args.shots)}
+    flags = [f"{k}={v}" for k, v in given.items() if v] + (["tasks=[]"] if corpora and not tasks else [])
     result = run_eval(load_eval_config(args.config, flags + overrides))
     print(f"report: {result.report}")
     return 0
 
 
-def _add_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="GPT-1 fine-tuning: a linear head on the extract token, L2 + 0.5 L1",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="GPT-1 style supervised fine-tuning: a linear head on the final hidden state of "
-                       "an extract token,\nloss L2 + lambda * L1 (task + auxiliary language-model loss, "
-                       "lm_coef=0.5).\n\nData (JSONL), by --task:\n"
-                       "  classification   {\"text\", \"label\"}\n"
-                       "  entailment       {\"premise\", \"hypothesis\", \"label\"}\n"
-                       "  similarity       {\"text_a\", \"text_b\", \"label\"}   (both orders, hidden states added)\n"
-                       "  multiple_choice  {\"context\", \"choices\": [...], \"answer\": i}\n\nExamples:\n"
-                       "  gptrecipe finetune --init runs/speedrun/pretrain --task entailment --data nli.jsonl "
-                       "--val-data nli_val.jsonl\n"
-                       "  gptrecipe finetune score runs/finetune --data test.jsonl     # predictions and accuracy")
-    p.add_argument("--init", help="pretrained checkpoint or run dir to start from")
-    p.add_argument("--task", choices=["classification", "entailment", "similarity", "multiple_choice"])
-    p.add_argument("--data", help="training JSONL (or, with `score`, the JSONL to predict)")
-    p.add_argument("--val-data", help="validation JSONL (default: hold out val_fraction of --data)")
-    p.add_argument("--config", help="finetune preset (configs/finetune/) or TOML path")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE | score CKPT",
-                   help="config overrides (e.g. lm_coef=0.5 train.max_steps=500); or `score CHECKPOINT`")
-    p.set_defaults(func=_run_finetune)
+@dataclass(frozen=True)
+class _Trainer:
+    """A training stage: `gptrecipe NAME --FLAG ... [--config PRESET] [--resume] [KEY=VALUE ...]` runs
+    NAME.TRAIN(NAME.load_NAME_config(PRESET, the overrides and FLAG=VALUE for each flag given)); with
+    `score_data`, `gptrecipe NAME score CHECKPOINT --data FILE` runs NAME.score_file instead."""
 
+    name: str
+    help: str
+    description: str
+    flags: dict[str, dict[str, Any]]  # --FLAG: add_argument's keywords
+    preset: str  # what --config names, for its help
+    example: str  # overrides, for the help
+    train: str
+    done: str  # the last line (see _done)
+    score_data: str = ""  # the --data file in the usage line of `score`
+    score_done: str = ""  # the line after the scores, formatted with what score_file returns
 
-def _run_finetune(args) -> int:
-    from .finetune import finetune, load_finetune_config, score_file
+    def add(self, sub) -> None:
+        p = _parser(sub, self.name, self.help, self.run, self.description)
+        for flag, kw in self.flags.items():
+            p.add_argument(f"--{flag.replace('_', '-')}", **kw)
+        p.add_argument("--config", help=f"{self.preset} preset (configs/{self.name}/) or TOML path")
+        p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+        scores = "; or `score CHECKPOINT` to score --data" if self.score_data else ""
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE | score CKPT" if scores else "KEY=VALUE",
+                       help=f"config overrides, e.g. {self.example}{scores}")
 
-    if ckpt := _score_checkpoint(args, "finetune", "examples.jsonl"):
-        print(f"accuracy {score_file(ckpt, args.data, out=sys.stdout):.4f}")
+    def run(self, args) -> int:
+        stage = importlib.import_module(f".{self.name}", __package__)
+        if self.score_data and args.overrides[:1] == ["score"]:
+            if len(args.overrides) != 2 or not args.data:
+                raise ConfigError(f"usage: gptrecipe {self.name} score CHECKPOINT --data {self.score_data}")
+            score = stage.score_file(args.overrides[1], args.data, out=sys.stdout)
+            if self.score_done:
+                print(self.score_done.format(score))
+            return 0
+        overrides = list(args.overrides) + [f"{n}={getattr(args, n)}" for n in self.flags if getattr(args, n)]
+        cfg = getattr(stage, f"load_{self.name}_config")(args.config, overrides)
+        _done(getattr(stage, self.train)(cfg, resume=args.resume), cfg, self.done)
         return 0
-    flags = _with_flags(args, "init", "task", "data")
-    cfg = load_finetune_config(args.config, flags + ([f"val_data={args.val_data}"] if args.val_data else []))
-    result = finetune(cfg, resume=args.resume)
-    if result.evals:
-        print(f"done: step {result.final_step}, val accuracy {result.evals[-1]['val_accuracy']:.4f}, "
-              f"report {cfg.run_dir / 'report.md'}")
-    return 0
 
 
-def _score_checkpoint(args, stage: str, example: str) -> str | None:
-    """The checkpoint of `gptrecipe STAGE score CHECKPOINT --data FILE`, or None when not scoring."""
-    if args.overrides[:1] != ["score"]:
-        return None
-    if len(args.overrides) != 2 or not args.data:
-        raise ConfigError(f"usage: gptrecipe {stage} score CHECKPOINT --data {example}")
-    return args.overrides[1]
-
-
-def _with_flags(args, *names: str) -> list[str]:
-    """The KEY=VALUE overrides plus `name=value` for each of these flags that was given."""
-    return list(args.overrides) + [f"{n}={getattr(args, n)}" for n in names if getattr(args, n)]
-
-
-def _add_sft(sub) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning for chat (loss on assistant tokens only)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Fine-tune a pretrained checkpoint on conversations.\n\n"
-                       "Data: JSONL of {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"response\"},\n"
-                       "or builtin:chatterbot. Example:\n"
-                       "  gptrecipe sft --init runs/speedrun/pretrain --data chats.jsonl train.max_steps=500")
-    p.add_argument("--init", help="pretrained checkpoint or run dir to start from")
-    p.add_argument("--data", help="conversations JSONL or builtin:chatterbot")
-    p.add_argument("--config", help="SFT preset (configs/sft/) or TOML path")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=3e-4")
-    p.set_defaults(func=_run_sft)
-
-
-def _run_sft(args) -> int:
-    from .sft import load_sft_config, sft
-
-    cfg = load_sft_config(args.config, _with_flags(args, "init", "data"))
-    result = sft(cfg, resume=args.resume)
-    if result.evals:
-        print(f"done: step {result.final_step}, val loss {result.evals[-1]['val_loss']:.4f}, "
-              f"report {cfg.run_dir / 'report.md'}")
-    return 0
+FINETUNE = _Trainer(
+    "finetune", help="GPT-1 fine-tuning: a task head on the extract token (classification, entailment, ...)",
+    description="GPT-1 style supervised fine-tuning: a linear head on the final hidden state of an extract token,\n"
+    "loss L2 + lambda * L1 (task + auxiliary language-model loss, lm_coef=0.5).\n\nData (JSONL), by --task:\n"
+    "  classification   {\"text\", \"label\"}\n"
+    "  entailment       {\"premise\", \"hypothesis\", \"label\"}\n"
+    "  similarity       {\"text_a\", \"text_b\", \"label\"}   (both orders, hidden states added)\n"
+    "  multiple_choice  {\"context\", \"choices\": [...], \"answer\": i}\n\nExamples:\n"
+    "  gptrecipe finetune --init runs/speedrun/pretrain --task entailment --data nli.jsonl --val-data nli_val.jsonl\n"
+    "  gptrecipe finetune score runs/finetune --data test.jsonl     # predictions and accuracy",
+    flags={"init": dict(help="pretrained checkpoint or run dir to start from"),
+           "task": dict(choices=["classification", "entailment", "similarity", "multiple_choice"]),
+           "data": dict(help="training JSONL (or, with `score`, the JSONL to predict)"),
+           "val_data": dict(help="validation JSONL (default: hold out val_fraction of --data)")},
+    preset="finetune", example="lm_coef=0.5 train.max_steps=500", train="finetune",
+    done="done: step {r.final_step}, val accuracy {last[val_accuracy]:.4f}, report {cfg.run_dir}/report.md",
+    score_data="examples.jsonl", score_done="accuracy {:.4f}")
+SFT = _Trainer(
+    "sft", help="supervised fine-tuning for chat on conversations (loss on the assistant's tokens)",
+    description="Fine-tune a pretrained checkpoint on conversations.\n\n"
+    "Data: JSONL of {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\", \"response\"},\n"
+    "or builtin:chatterbot. Example:\n"
+    "  gptrecipe sft --init runs/speedrun/pretrain --data chats.jsonl train.max_steps=500",
+    flags={"init": dict(help="pretrained checkpoint or run dir to start from"),
+           "data": dict(help="conversations JSONL or builtin:chatterbot")},
+    preset="SFT", example="train.lr=3e-4", train="sft",
+    done="done: step {r.final_step}, val loss {last[val_loss]:.4f}, report {cfg.run_dir}/report.md")
+RM = _Trainer(
+    "rm", help="reward model on rankings (pairwise or listwise loss); `rm score` scores responses",
+    description="Reward model: the SFT transformer with a scalar head, trained on rankings "
+    "({prompt, responses: [best..worst]} or {prompt, chosen, rejected}).\n\nExamples:\n"
+    "  gptrecipe rm --init runs/speedrun/sft --data rankings.jsonl loss=listwise\n"
+    "  gptrecipe rm score runs/rm --data pairs.jsonl     # {prompt, response} -> reward",
+    flags={"init": dict(help="SFT checkpoint to start from"),
+           "data": dict(help="rankings JSONL (train) or {prompt, response} JSONL (score)")},
+    preset="RM", example="loss=listwise", train="train_reward_model",
+    done="done: held-out pairwise accuracy {last[val_accuracy]:.3f}, report {cfg.run_dir}/report.md",
+    score_data="pairs.jsonl")
+PPO = _Trainer(
+    "ppo", help="RLHF with PPO-ptx against the reward model, KL-penalised to the SFT model",
+    description="PPO-ptx (InstructGPT). Examples:\n"
+    "  gptrecipe ppo --sft runs/speedrun/sft --rm runs/speedrun/rlhf/round1/rm\n"
+    "  gptrecipe ppo --sft S --rm R beta=0.02 target_kl=6 gamma_ptx=0.5 train.max_steps=200",
+    flags={"sft": dict(help="SFT checkpoint (reference, and policy init)"),
+           "rm": dict(help="reward model checkpoint (scorer, and value init)")},
+    preset="PPO", example="beta=0.02 target_kl=6", train="ppo",
+    done="done: held-out RM score {first[val_rm_score]:.3f} -> {last[val_rm_score]:.3f}, KL {last[val_kl]:.2f} "
+    "nats; policy {cfg.run_dir}/policy")
 
 
 def _add_rank(sub) -> None:
-    p = sub.add_parser("rank", help="sample K responses per prompt and rank them (you, or a labeler)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Comparison data for the reward model: for each prompt, sample K responses "
-                       "from a model and rank them best to worst.\nEvery ranked prompt is saved at once; "
-                       "run again to resume.\n\nExamples:\n"
-                       "  gptrecipe rank runs/speedrun/sft --prompts my_prompts.txt -k 4          # rank by hand\n"
-                       "  gptrecipe rank runs/speedrun/sft --labeler builtin:positivity --max-prompts 200\n"
-                       "  gptrecipe rank runs/speedrun/sft --labeler mypkg.prefs:score          # your function")
+    p = _parser(sub, "rank", "comparison data: sample K responses per prompt, ranked by you or by a labeler", _run_rank,
+                "Comparison data for the reward model: for each prompt, sample K responses from a model and rank "
+                "them best to worst.\nEvery ranked prompt is saved at once; run again to resume.\n\nExamples:\n"
+                "  gptrecipe rank runs/speedrun/sft --prompts my_prompts.txt -k 4          # rank by hand\n"
+                "  gptrecipe rank runs/speedrun/sft --labeler builtin:positivity --max-prompts 200\n"
+                "  gptrecipe rank runs/speedrun/sft --labeler mypkg.prefs:score          # your function")
     p.add_argument("model", help="checkpoint (or run dir) to sample from")
     p.add_argument("--prompts", default="builtin:chatterbot", help=".txt (one per line), .jsonl or builtin:chatterbot")
     p.add_argument("--out", default="runs/rankings.jsonl", help="rankings JSONL (appended to)")
@@ -269,82 +281,23 @@ def _add_rank(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_run_rank)
 
 
 def _run_rank(args) -> int:
-    from .rank import RankConfig, rank
+    from .compare import CompareConfig, compare
     from .sample import SamplingConfig
 
-    cfg = RankConfig(model=args.model, prompts=args.prompts, out=args.out, k=args.k, labeler=args.labeler,
-                     max_prompts=args.max_prompts,
-                     sample=SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                           seed=args.seed))
-    out = rank(cfg)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    out = compare(CompareConfig(model=args.model, prompts=args.prompts, out=args.out, k=args.k, labeler=args.labeler,
+                                max_prompts=args.max_prompts, sample=sampling))
     print(f"rankings: {out}")
     return 0
 
 
-def _add_rm(sub) -> None:
-    p = sub.add_parser("rm", help="train a reward model on rankings, or `rm score CKPT --data F`",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Reward model: the SFT transformer with a scalar head, trained on rankings "
-                       "({prompt, responses: [best..worst]} or {prompt, chosen, rejected}).\n\nExamples:\n"
-                       "  gptrecipe rm --init runs/speedrun/sft --data rankings.jsonl loss=listwise\n"
-                       "  gptrecipe rm score runs/rm --data pairs.jsonl     # {prompt, response} -> reward")
-    p.add_argument("--init", help="SFT checkpoint to start from")
-    p.add_argument("--data", help="rankings JSONL (train) or {prompt, response} JSONL (score)")
-    p.add_argument("--config", help="RM preset (configs/rm/) or TOML path")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE | score CKPT",
-                   help="config overrides; or `score CHECKPOINT` to score --data")
-    p.set_defaults(func=_run_rm)
-
-
-def _run_rm(args) -> int:
-    from .rm import load_rm_config, score_file, train_reward_model
-
-    if ckpt := _score_checkpoint(args, "rm", "pairs.jsonl"):
-        score_file(ckpt, args.data, out=sys.stdout)
-        return 0
-    cfg = load_rm_config(args.config, _with_flags(args, "init", "data"))
-    result = train_reward_model(cfg, resume=args.resume)
-    if result.evals:
-        print(f"done: held-out pairwise accuracy {result.evals[-1]['val_accuracy']:.3f}, "
-              f"report {cfg.run_dir / 'report.md'}")
-    return 0
-
-
-def _add_ppo(sub) -> None:
-    p = sub.add_parser("ppo", help="RLHF: PPO-ptx against a frozen reward model, KL-penalised to the SFT model",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="PPO-ptx (InstructGPT). Examples:\n"
-                       "  gptrecipe ppo --sft runs/speedrun/sft --rm runs/speedrun/rlhf/round1/rm\n"
-                       "  gptrecipe ppo --sft S --rm R beta=0.02 target_kl=6 gamma_ptx=0.5 train.max_steps=200")
-    p.add_argument("--sft", help="SFT checkpoint (reference, and policy init)")
-    p.add_argument("--rm", help="reward model checkpoint (scorer, and value init)")
-    p.add_argument("--config", help="PPO preset (configs/ppo/) or TOML path")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.set_defaults(func=_run_ppo)
-
-
-def _run_ppo(args) -> int:
-    from .ppo import load_ppo_config, ppo
-
-    cfg = load_ppo_config(args.config, _with_flags(args, "sft", "rm"))
-    result = ppo(cfg, resume=args.resume)
-    if result.evals:
-        first, last = result.evals[0], result.evals[-1]
-        print(f"done: held-out RM score {first['val_rm_score']:.3f} -> {last['val_rm_score']:.3f}, "
-              f"KL {last['val_kl']:.2f} nats; policy {cfg.run_dir / 'policy'}")
-    return 0
-
-
 def _add_rlhf(sub) -> None:
-    p = sub.add_parser("rlhf", help="rank -> rm -> ppo, repeated for --rounds on the current policy",
-                       description="Iterated RLHF: each round ranks samples of the current policy, trains a "
-                       "reward model and runs PPO from the current policy (reference: the SFT model).")
+    p = _parser(sub, "rlhf", "rank -> rm -> ppo for --rounds, each round on the current policy", _run_rlhf,
+                "Iterated RLHF: each round ranks samples of the current policy, trains a reward model and runs PPO\n"
+                "from the current policy (reference: the SFT model).")
     p.add_argument("--sft", required=True, help="SFT checkpoint")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--labeler", default="builtin:positivity", help="human | builtin:positivity | module:function")
@@ -353,7 +306,6 @@ def _add_rlhf(sub) -> None:
     p.add_argument("--rank-prompts", type=int, default=400, help="prompts ranked per round")
     p.add_argument("--out-dir", default="runs/rlhf")
     p.add_argument("--resume", action="store_true")
-    p.set_defaults(func=_run_rlhf)
 
 
 def _run_rlhf(args) -> int:
@@ -368,49 +320,53 @@ def _run_rlhf(args) -> int:
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="the main job: every stage on the default corpus, ending in a report",
-                       description="Train a tokenizer, pretrain a tiny model on the default mixture "
-                       "(Shakespeare, King James Bible, chatterbot dialogues), sample, and write "
-                       "runs/<name>/report.md. Finishes in about 10 minutes on 2 CPU cores.")
+    p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, SFT, rank, RM, PPO; one run report",
+                _run_pipeline,
+                "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
+                "builtin:icl)\nor --data: train a tokenizer, pretrain a tiny GPT, measure its in-context learning "
+                "(accuracy vs K)\nand bits per byte, fine-tune it for chat (SFT), rank its replies with a simulated "
+                "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
+                "CPU cores.\n\n"
+                "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
+                "in eval, sft, rm, ppo (and pretrain). Example:\n"
+                "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
+                "ppo.beta=0.02")
     p.add_argument("--config", default="tiny", help="pretrain preset for the pretraining stage")
-    p.add_argument("--name", default="speedrun", help="run name (output under runs/NAME)")
+    p.add_argument("--sft-config", default="tiny", help="SFT preset (configs/sft/) or TOML path")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="your own corpora instead of the default mixture")
+    p.add_argument("--name", default="speedrun", help="run name (output under OUT_DIR/NAME)")
+    p.add_argument("--out-dir", default="runs", help="where runs go (default %(default)s)")
+    p.add_argument("--rank-prompts", type=int, default=300, help="prompts ranked by the simulated labeler")
     p.add_argument("--resume", action="store_true", help="resume an interrupted run")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for the pretraining config")
-    p.set_defaults(func=_run_pipeline)
+    p.add_argument("overrides", nargs="*", metavar="[STAGE.]KEY=VALUE",
+                   help="config overrides, e.g. train.lr=1e-3 (pretraining) sft.train.max_steps=50 ppo.beta=0.02")
 
 
 def _run_pipeline(args) -> int:
-    from .pipeline import run_pipeline
+    from .pipeline import PipelineConfig, run_pipeline, split_overrides
 
-    report = run_pipeline(args.config, args.overrides, name=args.name, resume=args.resume)
+    paths, overrides = _split_paths(args.data, args.overrides)
+    report = run_pipeline(PipelineConfig(preset=args.config, sft_preset=args.sft_config, data_paths=paths,
+                                         name=args.name, out_dir=args.out_dir, rank_prompts=args.rank_prompts,
+                                         resume=args.resume, **split_overrides(overrides)))
     print(Path(report).read_text())
     print(f"report: {report}")
     return 0
 
 
-def _add_sampling_flags(p, temperature: float, max_new_tokens: int) -> None:
-    p.add_argument("--temperature", "-t", type=float, default=temperature, help="0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1.0 = off")
-    p.add_argument("--max-new-tokens", "-n", type=int, default=max_new_tokens, help="reply length cap")
-    p.add_argument("--seed", type=int, default=None)
-
-
 def _add_chat(sub) -> None:
-    p = sub.add_parser("chat", help="chat with a model in the terminal",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Multi-turn chat with an SFT or PPO checkpoint in the terminal; replies stream "
-                       "token by token.\n\nCommands: /reset  forget the conversation; /save FILE  write it as "
-                       "JSON {\"messages\": [...]};\n/system TEXT  set the system prompt; /help; /exit. Ctrl-C "
-                       "stops a reply; Ctrl-D (or Ctrl-C at the prompt) exits.\n\nExample:\n"
-                       "  gptrecipe chat runs/speedrun/sft --system 'You are a helpful assistant.' -t 0.7")
+    p = _parser(sub, "chat", "talk to a chat model in the terminal (streaming, /reset, /save FILE, /system)", _run_chat,
+                "Multi-turn chat with an SFT or PPO checkpoint in the terminal; replies stream token by token.\n\n"
+                "Commands: /reset  forget the conversation; /save FILE  write it as JSON {\"messages\": [...]};\n"
+                "/system TEXT  set the system prompt; /help; /exit. Ctrl-C stops a reply; Ctrl-D (or Ctrl-C at "
+                "the prompt) exits.\n\nExample:\n"
+                "  gptrecipe chat runs/speedrun/sft --system 'You are a helpful assistant.' -t 0.7")
     p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
     p.add_argument("--system", help="system prompt")
     _add_sampling_flags(p, temperature=0.7, max_new_tokens=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--chat-template", action="store_true",
                    help="use the chat template even if the checkpoint is not an SFT/PPO model")
-    p.set_defaults(func=_run_chat)
 
 
 def _run_chat(args) -> int:
@@ -428,19 +384,19 @@ def _run_chat(args) -> int:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="OpenAI-compatible API server and web chat",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Serve a checkpoint over HTTP: the OpenAI API (GET /v1/models, POST "
-                       "/v1/chat/completions,\nPOST /v1/completions with stream, logprobs, echo, n, seed, stop), "
-                       "the web chat at /, and\n/tokenizer_info, /tokenize, /detokenize for lm-evaluation-harness. "
-                       "Concurrent requests are\ngenerated together (continuous batching). Thumbs and "
-                       "regenerate-and-choose in the web chat are\nappended to --feedback as reward-model "
-                       "comparisons ({\"prompt\", \"chosen\", \"rejected\"}).\n\nExamples:\n"
-                       "  gptrecipe serve runs/speedrun/sft                      # http://127.0.0.1:8000/\n"
-                       "  gptrecipe serve runs/speedrun/pretrain --port 8001 --api-key secret\n"
-                       "  gptrecipe serve runs/speedrun/sft --export-tokenizer runs/hf_tokenizer   # and exit\n"
-                       "  lm_eval --model local-completions --model_args "
-                       "base_url=http://127.0.0.1:8000/v1/completions,model=sft,tokenizer_backend=remote ...")
+    p = _parser(sub, "serve", "OpenAI-compatible API server (chat, completions, streaming) + web chat with feedback",
+                _run_serve,
+                "Serve a checkpoint over HTTP: the OpenAI API (GET /v1/models, POST /v1/chat/completions,\n"
+                "POST /v1/completions with stream, logprobs, echo, n, seed, stop), the web chat at /, and\n"
+                "/tokenizer_info, /tokenize, /detokenize for lm-evaluation-harness. Concurrent requests are\n"
+                "generated together (continuous batching). Thumbs and regenerate-and-choose in the web chat are\n"
+                "appended to --feedback as reward-model comparisons ({\"prompt\", \"chosen\", \"rejected\"}).\n\n"
+                "Examples:\n"
+                "  gptrecipe serve runs/speedrun/sft                      # http://127.0.0.1:8000/\n"
+                "  gptrecipe serve runs/speedrun/pretrain --port 8001 --api-key secret\n"
+                "  gptrecipe serve runs/speedrun/sft --export-tokenizer runs/hf_tokenizer   # and exit\n"
+                "  lm_eval --model local-completions --model_args "
+                "base_url=http://127.0.0.1:8000/v1/completions,model=sft,tokenizer_backend=remote ...")
     p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -456,7 +412,6 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-tokens-limit", type=int, default=4096, help="largest max_tokens accepted")
     p.add_argument("--export-tokenizer", metavar="DIR",
                    help="write the tokenizer as a Hugging Face folder (AutoTokenizer.from_pretrained) and exit")
-    p.set_defaults(func=_run_serve)
 
 
 def _run_serve(args) -> int:
@@ -484,21 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .tokenizer import add_cli as add_tokenizer
 
     parser = argparse.ArgumentParser(prog="gptrecipe", description="Train, align and talk to your own GPT.",
-                                     epilog=STAGES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="stage", metavar="STAGE")
-    add_tokenizer(sub)
-    _add_pretrain(sub)
-    _add_sample(sub)
-    _add_eval(sub)
-    _add_finetune(sub)
-    _add_sft(sub)
-    _add_rank(sub)
-    _add_rm(sub)
-    _add_ppo(sub)
-    _add_rlhf(sub)
-    _add_run(sub)
-    _add_chat(sub)
-    _add_serve(sub)
+                                     epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages, in recipe order")
+    for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, FINETUNE.add, SFT.add, _add_rank, RM.add,
+                PPO.add, _add_rlhf, _add_run, _add_chat, _add_serve):  # in recipe order
+        add(sub)
     return parser
 
 
@@ -517,24 +462,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-
     parser = build_parser()
     args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    known = [ConfigError, CheckpointError, FileNotFoundError]
-    try:
-        from .data import DataError
-        from .sample import PromptTooLongError
-        from .tokenizer import TokenizerError
-
-        known += [DataError, TokenizerError, PromptTooLongError]
-    except ImportError:
-        pass
     try:
         return args.func(args)
-    except tuple(known) as e:
+    except KNOWN_ERRORS as e:
         print(f"gptrecipe {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

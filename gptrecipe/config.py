@@ -134,12 +134,24 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply `a.b=value` strings to a (nested) dataclass, returning a new one."""
+    """Apply `a.b=value` strings to a (nested) dataclass, returning a new one, checked by `validate_config`."""
     for ov in overrides:
         key, sep, raw = ov.removeprefix("--").partition("=")
         if not sep:
             raise ConfigError(f"override {ov!r} must look like key=value (e.g. train.lr=3e-4)")
         cfg = _set_path(cfg, key.strip().split("."), raw, key)
+    return validate_config(cfg)
+
+
+def validate_config(cfg: T) -> T:
+    """Call `validate()` of cfg and of every dataclass in it (e.g. GPTConfig): a ValueError becomes a ConfigError."""
+    for f in dataclasses.fields(cfg):
+        if dataclasses.is_dataclass(child := getattr(cfg, f.name)):
+            validate_config(child)
+    try:
+        getattr(cfg, "validate", lambda: None)()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 

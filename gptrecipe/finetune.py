@@ -19,27 +19,24 @@ JSONL, one example per line: {"text", "label"} | {"premise", "hypothesis", "labe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .chat import read_jsonl
-from .checkpoint import CheckpointError, load_model, load_weights, read_config, resolve_checkpoint
-from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
-from .data.loader import global_batch, rank_slice
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, RunConfig, load_config
+from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
-from .model import GPT, IGNORE_INDEX, GPTConfig, optimizer_groups
+from .heads import TaskHeadModel
 from .report import md_table, plot_losses, write_markdown
-from .runtime import init_distributed
+from .stage import StageRun, n_val, seeded_split
 from .tokenizer import Tokenizer
-from .train import TrainConfig, TrainResult, train
+from .train import Batch, TrainConfig, TrainResult, TrainTask
 
 TASK_FIELDS = {"classification": ("text",), "entailment": ("premise", "hypothesis"), "similarity": ("text_a", "text_b"),
                "multiple_choice": ("context",)}
@@ -119,84 +116,39 @@ class InputEncoder:
         return [self._seq(ctx, enc(c)) for c in ex.choices or []]
 
 
-class TaskHeadModel(nn.Module):
-    """The transformer and a linear head on the extract token's final hidden state.
-
-    forward(ids, lengths, sizes) -> (task logits (B, C), LM loss): `ids` holds the right-padded sequences of
-    B examples, `sizes[b]` of them for example b (1; 2 for similarity; K for multiple choice).
-    """
-
-    def __init__(self, config: GPTConfig, task: str, n_labels: int, head_dropout: float = 0.1):
-        super().__init__()
-        self.gpt, self.config, self.task = GPT(config), config, task
-        self.dropout = nn.Dropout(head_dropout)
-        self.head = nn.Linear(config.n_embd, 1 if task == "multiple_choice" else n_labels)
-        nn.init.normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
-        self.ignore: list[int] = []  # special token ids that are not LM targets (set by the stage)
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor,
-                sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.gpt.hidden_states(ids)
-        feats = self.dropout(h[torch.arange(ids.size(0), device=ids.device), lengths - 1].float())
-        # L1: next-token loss on the example tokens (not padding, not the delimiter / extract tokens)
-        tgt = ids[:, 1:].clone()
-        tgt[torch.arange(ids.size(1) - 1, device=ids.device)[None, :] >= (lengths - 1)[:, None]] = IGNORE_INDEX
-        for t in self.ignore:
-            tgt[tgt == t] = IGNORE_INDEX
-        logits = self.gpt.lm_head(h[:, :-1])
-        lm_sum = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1),
-                                 ignore_index=IGNORE_INDEX, reduction="sum")
-        lm_loss = lm_sum / (tgt != IGNORE_INDEX).sum().clamp(min=1)  # the mean over text tokens
-        groups = feats.split(sizes.tolist())
-        if self.task == "multiple_choice":
-            scores = self.head(feats).squeeze(-1).split(sizes.tolist())
-            width = int(sizes.max())
-            out = torch.full((len(groups), width), float("-inf"), device=ids.device)
-            for i, s in enumerate(scores):
-                out[i, : len(s)] = s
-            return out, lm_loss
-        return self.head(torch.stack([g.sum(0) for g in groups])), lm_loss  # similarity: both orders added
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        return optimizer_groups(self, weight_decay)
-
-
 def collate(seqs: list[list[list[int]]], labels: list[int], pad: int) -> tuple[torch.Tensor, ...]:
     """Examples' sequences -> (ids (N, W) right-padded, lengths (N,), sizes (B,), labels (B,))."""
     flat = [s for group in seqs for s in group]
-    width = max(map(len, flat))
-    ids = torch.full((len(flat), width), pad, dtype=torch.long)
-    for i, s in enumerate(flat):
-        ids[i, : len(s)] = torch.tensor(s)
-    return (ids, torch.tensor([len(s) for s in flat]), torch.tensor([len(g) for g in seqs]),
+    return (pad_rows(flat, pad), torch.tensor([len(s) for s in flat]), torch.tensor([len(g) for g in seqs]),
             torch.tensor(labels, dtype=torch.long))
 
 
-class HeadTask:
-    """A TrainTask: batches of encoded examples, loss L2 + lm_coef * L1, validation accuracy."""
+class HeadTask(TrainTask):
+    """A TrainTask: batches of encoded examples, loss L2 (mean over examples) + lm_coef * L1 (mean over text
+    tokens), validation accuracy."""
 
     def __init__(self, train_set: list[tuple[list[list[int]], int]], val_set: list[tuple[list[list[int]], int]],
-                 pad: int, block_size: int, lm_coef: float, seed: int):
+                 pad: int, block_size: int, lm_coef: float, seed: int, ignore: tuple[int, ...] = ()):
         if not train_set:
             raise DataError("finetune: no training examples")
         self.train_set, self.val_set, self.pad, self.lm_coef, self.seed = train_set, val_set, pad, lm_coef, seed
         self.tokens_per_row = block_size
-        self.last_metrics: dict[str, float] = {}
+        self.ignore = set(ignore)
 
     def _batch(self, rows) -> tuple[torch.Tensor, ...]:
         return collate([r[0] for r in rows], [r[1] for r in rows], self.pad)
 
-    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
         idx = global_batch(self.seed, step, len(self.train_set), micro_batch_size * grad_accum * world_size)
-        return self._batch([self.train_set[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
+        rows = [self.train_set[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)]
+        n_lm = sum(t not in self.ignore for seqs, _ in rows for s in seqs for t in s[1:])
+        tensors = self._batch(rows)
+        return Batch(tensors, {"task": len(rows), "lm": n_lm}, tensors[0].numel(), tensors[0].size(1))
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
         ids, lengths, sizes, labels = batch
-        logits, lm_loss = model(ids, lengths, sizes)
-        task_loss = F.cross_entropy(logits, labels)
-        self.last_metrics = {"task_loss": task_loss.item(), "lm_loss": lm_loss.item()}
-        return task_loss + self.lm_coef * lm_loss
+        logits, lm_sum = model(ids, lengths, sizes)
+        return {"task": F.cross_entropy(logits.float(), labels, reduction="sum"), "lm": self.lm_coef * lm_sum}
 
     @torch.no_grad()
     def evaluate(self, model, max_batches: int) -> dict[str, float]:
@@ -210,9 +162,6 @@ class HeadTask:
             correct += int((logits.argmax(-1) == labels).sum())
             total += len(labels)
         return {"val_loss": sum(losses) / max(1, total), "val_accuracy": correct / max(1, total)}
-
-    def samples(self, model) -> list[str]:
-        return []
 
 
 @dataclass
@@ -259,53 +208,36 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, log=print) -> TrainRe
         raise ConfigError("finetune: set init=<pretrained checkpoint> and data=<train JSONL> (--init, --data)")
     if cfg.task not in TASK_FIELDS:
         raise ConfigError(f"task must be one of {', '.join(TASK_FIELDS)}, got {cfg.task!r}")
-    info, _ = init_distributed(cfg.train.device)
-    ckpt = resolve_checkpoint(cfg.init)
-    base, _ = load_model(ckpt)
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    run = StageRun(cfg, "finetune", log)
+    base = run.load_init(cfg.init, "init")
+    tok = base.tokenizer
     examples = read_examples(cfg.data, cfg.task)
     if cfg.val_data:
         train_ex, val_ex = examples, read_examples(cfg.val_data, cfg.task)
     else:
-        order = np.random.default_rng(cfg.train.seed).permutation(len(examples))
-        n_val = max(1, int(len(examples) * cfg.val_fraction))
-        val_ex, train_ex = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]]
+        train_ex, val_ex = seeded_split(examples, n_val(len(examples), cfg.val_fraction), cfg.train.seed)
     labels = label_index(train_ex, cfg.task)
-    enc = InputEncoder(tok, cfg.task, base.config.block_size)
+    enc = InputEncoder(tok, cfg.task, base.model.config.block_size)
     train_set, val_set = encode_examples(enc, train_ex, labels), encode_examples(enc, val_ex, labels)
-    log(f"finetune ({cfg.task}): {len(train_set)} train / {len(val_set)} val examples"
-        + (f", labels {labels}" if labels else ""))
-    config = dataclasses.replace(base.config)
+    run.log(f"finetune ({cfg.task}): {len(train_set)} train / {len(val_set)} val examples"
+            + (f", labels {labels}" if labels else ""))
     torch.manual_seed(cfg.train.seed)  # the head's init is part of the run
-    model = TaskHeadModel(config, cfg.task, max(1, len(labels)), cfg.head_dropout)
-    model.gpt.load_state_dict(base.state_dict())
-    model.ignore = [enc.delim, enc.extract]
-    if info.is_main:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
-    task = HeadTask(train_set, val_set, enc.pad, config.block_size, cfg.lm_coef, cfg.train.seed)
-    run_config = {"stage": "finetune", "model": dataclasses.asdict(config), "task": cfg.task, "labels": labels,
-                  "head_dropout": cfg.head_dropout, "run": to_dict(cfg), "init": str(ckpt),
-                  "tokenizer_fingerprint": tok.fingerprint}
-    result = train(model, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=ckpt / "tokenizer.json",
-                   resume=resume)
-    if info.is_main and result.evals:
-        write_finetune_report(cfg, result, labels, len(train_set), len(val_set))
+    ignore = (enc.delim, enc.extract)
+    model = TaskHeadModel(base.model.config, cfg.task, max(1, len(labels)), cfg.head_dropout, ignore)
+    model.gpt.load_state_dict(base.model.state_dict())
+    task = HeadTask(train_set, val_set, enc.pad, model.config.block_size, cfg.lm_coef, cfg.train.seed, ignore)
+    result = run.train(model, task, base, resume, extras={"task": cfg.task, "labels": labels, "head_dropout":
+                                                          cfg.head_dropout, "ignore_tokens": [DELIM, EXTRACT]})
+    run.report(write_finetune_report, cfg, result, labels, len(train_set), len(val_set))
     return result
 
 
 def load_finetuned(path: str | Path, device="cpu") -> tuple[TaskHeadModel, Tokenizer, dict[str, Any]]:
-    """A fine-tuned checkpoint: (model, tokenizer, its config with "task" and "labels")."""
-    ckpt = resolve_checkpoint(path)
-    meta = read_config(ckpt)
-    if meta.get("stage") != "finetune":
-        raise CheckpointError(f"{ckpt} is a {meta.get('stage')!r} checkpoint, not a fine-tuned task model")
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
-    model = TaskHeadModel(GPTConfig(**meta["model"]), meta["task"], max(1, len(meta["labels"])),
-                          meta.get("head_dropout", 0.1))
-    load_weights(model, ckpt)
-    model.ignore = [tok.id_of(DELIM), tok.id_of(EXTRACT)]
-    return model.to(device).eval(), tok, meta
+    """A fine-tuned checkpoint: (model, tokenizer, its extras: "task", "labels", ...)."""
+    loaded = load_checkpoint(path, device)
+    if not isinstance(loaded.model, TaskHeadModel):
+        raise CheckpointError(f"{loaded.path} is a {loaded.meta.stage!r} checkpoint, not a fine-tuned task model")
+    return loaded.model.eval(), loaded.tokenizer, loaded.meta.extras
 
 
 @torch.no_grad()

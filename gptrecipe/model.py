@@ -113,13 +113,43 @@ class KVCache:
         self.v[layer, :, :, t0:t1] = v
         return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
 
-    def select(self, rows: torch.Tensor) -> KVCache:
-        """A new cache holding these rows of this one (a row may repeat): several continuations of one prompt
-        each go on from a copy of the prompt's keys and values."""
+    @staticmethod
+    def _of(k: torch.Tensor, v: torch.Tensor, pad: torch.Tensor, length: int) -> KVCache:
         new = object.__new__(KVCache)
-        new.k, new.v, new.pad = self.k[:, rows], self.v[:, rows], self.pad[rows]
-        new.length, new.max_len = self.length, self.max_len
+        new.k, new.v, new.pad, new.length, new.max_len = k, v, pad, length, k.size(3)
         return new
+
+    @property
+    def room(self) -> int:
+        """Positions that can still be added."""
+        return self.max_len - self.length
+
+    def select(self, rows: torch.Tensor, trim: bool = False) -> KVCache:
+        """A new cache holding these rows of this one (a row may repeat): several continuations of one prompt
+        each go on from a copy of the prompt's keys and values. `trim`: without the leftmost columns that are
+        padding in every one of these rows."""
+        pad = self.pad[rows]
+        cut = int(pad.min()) if trim else 0
+        return KVCache._of(self.k[:, rows, :, cut:], self.v[:, rows, :, cut:], pad - cut, self.length - cut)
+
+    @staticmethod
+    def merge(caches: list[KVCache], room: int = 0) -> KVCache:
+        """One cache of all these caches' rows, in order, right-aligned (shorter ones get more left padding, so
+        every row still computes what it would alone), with `room` free positions after the longest."""
+        length = max(c.length for c in caches)
+        n_layer, _, n_head, _, d_head = caches[0].k.shape
+        k = caches[0].k.new_zeros(n_layer, sum(c.k.size(1) for c in caches), n_head, length + room, d_head)
+        v, row = torch.zeros_like(k), 0
+        for c in caches:
+            b = c.k.size(1)
+            k[:, row: row + b, :, length - c.length: length] = c.k[:, :, :, : c.length]
+            v[:, row: row + b, :, length - c.length: length] = c.v[:, :, :, : c.length]
+            row += b
+        return KVCache._of(k, v, torch.cat([c.pad + (length - c.length) for c in caches]), length)
+
+    def grow(self, max_len: int) -> KVCache:
+        """A copy with room for `max_len` positions."""
+        return KVCache.merge([self], room=max_len - self.length)
 
     def attention_mask(self, tq: int) -> torch.Tensor | None:
         """Boolean (B, 1, Tq, Tk) mask for the next Tq queries, or None when plain causal suffices."""
@@ -275,10 +305,6 @@ class GPT(nn.Module):
         p = self.wte.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, dtype, pad)
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        return optimizer_groups(self, weight_decay)
-
 
 def optimizer_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay matrices (Linear weights, embeddings); not biases or LayerNorm gains."""

@@ -1,31 +1,82 @@
-"""The main job: every stage built so far, on the embedded default corpus, ending in one run report.
+"""The main job, on the embedded default corpus: every stage of the recipe, ending in one run report.
 
-    gptrecipe run   # tokenizer -> pretrain -> SFT -> rank -> RM -> PPO -> runs/speedrun/report.md
+    gptrecipe run   # tokenizer -> pretrain -> in-context eval -> SFT -> rank -> RM -> PPO -> runs/speedrun/report.md
+    gptrecipe run train.max_steps=200 sft.train.max_steps=50 ppo.beta=0.02   # STAGE.KEY=VALUE: that stage's config
+    run_pipeline(PipelineConfig(name="mini", overrides=["train.max_steps=200"], sft_overrides=[...]))
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .evaluate.run import icl_summary, icl_table, load_eval_config, run_eval
+from .config import ConfigError
+from .evaluate.run import icl_summary, icl_table, load_eval_config, load_tasks, run_eval
 from .evaluate.synthetic import label_set_baseline
-from .evaluate.tasks import load_tasks
+from .ppo import load_ppo_config
 from .pretrain import corpus_compression, get_tokenizer, load_pretrain_config, pretrain
 from .report import environment, md_table, write_markdown
 from .rlhf import RLHFConfig, run_rlhf
+from .rm import load_rm_config
 from .sft import load_sft_config, sft
 
+STAGE_PREFIXES = ("pretrain", "eval", "sft", "rm", "ppo")  # `STAGE.KEY=VALUE` goes to that stage's config
 
-def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str = "speedrun", sft_preset: str = "tiny",
-                 rank_prompts: int = 300, data_paths: list[str] | None = None, sft_overrides: list[str] = (),
-                 rm_overrides: list[str] = (), ppo_overrides: list[str] = (), eval_overrides: list[str] = (),
-                 out_dir: str = "runs", resume: bool = False, log=print) -> Path:
+
+@dataclass
+class PipelineConfig:
+    """What the main job runs under out_dir/name; `overrides` are pretraining's, `STAGE_overrides` the others'."""
+
+    preset: str = "tiny"  # pretraining preset
+    overrides: list[str] = field(default_factory=list)
+    name: str = "speedrun"
+    out_dir: str = "runs"
+    sft_preset: str = "tiny"
+    rank_prompts: int = 300  # prompts ranked by the simulated labeler
+    data_paths: list[str] | None = None  # corpora instead of the default mixture
+    sft_overrides: list[str] = field(default_factory=list)
+    rm_overrides: list[str] = field(default_factory=list)
+    ppo_overrides: list[str] = field(default_factory=list)
+    eval_overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+
+
+def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """PipelineConfig's override fields from one list: `sft.train.max_steps=10` -> sft_overrides
+    ["train.max_steps=10"]; a key without a stage prefix (or with `pretrain.`) is pretraining's."""
+    out: dict[str, list[str]] = {"overrides" if s == "pretrain" else f"{s}_overrides": [] for s in STAGE_PREFIXES}
+    for ov in overrides:
+        stage, dot, rest = ov.removeprefix("--").partition(".")
+        key = "overrides" if stage == "pretrain" else f"{stage}_overrides"
+        if dot and key in out:
+            out[key].append(rest)
+        else:
+            out["overrides"].append(ov)
+    return out
+
+
+def check_overrides(job: PipelineConfig) -> None:
+    """A ConfigError now, not after pretraining, for a bad override of a later stage."""
+    rlhf = RLHFConfig()
+    for stage, load, preset, overrides in [("eval", load_eval_config, "tiny", job.eval_overrides),
+                                           ("sft", load_sft_config, job.sft_preset, job.sft_overrides),
+                                           ("rm", load_rm_config, rlhf.rm_preset, job.rm_overrides),
+                                           ("ppo", load_ppo_config, rlhf.ppo_preset, job.ppo_overrides)]:
+        try:
+            load(preset, overrides)
+        except ConfigError as e:
+            raise ConfigError(f"{stage}: {e}") from None
+
+
+def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     """Run the stages in order under out_dir/name and return the path of report.md."""
-    root = Path(out_dir) / name
+    job = job or PipelineConfig()
+    check_overrides(job)
+    root = Path(job.out_dir) / job.name
     timings: list[dict] = []
-    cfg = load_pretrain_config(preset, list(overrides), data_paths=data_paths)
+    cfg = load_pretrain_config(job.preset, job.overrides, data_paths=job.data_paths)
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
@@ -37,18 +88,16 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
 
     log("== stage 2/5: pretraining")
     t = time.perf_counter()
-    result = pretrain(cfg, resume=resume, log=log)
+    result = pretrain(cfg, resume=job.resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
 
     log("== stage 3/5: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
     t = time.perf_counter()
-    icl = run_eval(load_eval_config("tiny", [f"model={cfg.run_dir}", "name=eval", f"out_dir={root}",
-                                             f"progress={cfg.train.progress}", *eval_overrides]),
-                   mixture=cfg.data, log=log)
+    evals = [f"model={cfg.run_dir}", f"out_dir={root}", f"progress={cfg.train.progress}"]
+    icl = run_eval(load_eval_config("tiny", [*evals, "name=eval", *job.eval_overrides]), mixture=cfg.data, log=log)
     # the same tasks with the task's own other labels as distractors: right only by reading which input
     # takes which label, beyond which labels the task uses
-    mapping_cfg = load_eval_config("tiny", [f"model={cfg.run_dir}", "name=eval-mapping", f"out_dir={root}",
-                                            f"progress={cfg.train.progress}", *eval_overrides,
+    mapping_cfg = load_eval_config("tiny", [*evals, "name=eval-mapping", *job.eval_overrides,
                                             "synthetic.distractors=rule"])
     mapping = run_eval(mapping_cfg, log=lambda *a: None)
     knows_labels = label_set_baseline(load_tasks("builtin:synthetic", synthetic=mapping_cfg.synthetic))
@@ -56,16 +105,17 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
 
     log("== stage 4/5: supervised fine-tuning for chat")
     t = time.perf_counter()
-    sft_cfg = load_sft_config(sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}", *sft_overrides])
-    sft_result = sft(sft_cfg, resume=resume, log=log)
+    sft_cfg = load_sft_config(job.sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}",
+                                               *job.sft_overrides])
+    sft_result = sft(sft_cfg, resume=job.resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
     log("== stage 5/5: RLHF: rank (simulated labeler) -> reward model -> PPO")
     t = time.perf_counter()
     rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
-                                 labeler="builtin:positivity", rank_prompts=rank_prompts,
-                                 rm_overrides=list(rm_overrides), ppo_overrides=list(ppo_overrides)),
-                     resume=resume, log=log)
+                                 labeler="builtin:positivity", rank_prompts=job.rank_prompts,
+                                 rm_overrides=list(job.rm_overrides), ppo_overrides=list(job.ppo_overrides)),
+                     resume=job.resume, log=log)
     timings.append({"stage": "rlhf (rank + rm + ppo)", "seconds": round(time.perf_counter() - t, 1)})
     rl = rounds[-1]
     ppo_dir = Path(rl["ppo_dir"]).relative_to(root)
@@ -123,4 +173,4 @@ def run_pipeline(preset: str = "tiny", overrides: list[str] = (), *, name: str =
         ("Stage timings", md_table(timings)),
         ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),
     ]
-    return write_markdown(root / "report.md", f"gptrecipe run `{name}`", sections)
+    return write_markdown(root / "report.md", f"gptrecipe run `{job.name}`", sections)

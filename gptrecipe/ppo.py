@@ -5,20 +5,22 @@ and the reference stay frozen. One optimizer step of the shared loop is one PPO 
 `ppo_epochs * minibatches` steps the task draws a new rollout batch with the KV-cache sampler:
 
     reward_t  = -beta * (log pi(y_t) - log pi_ref(y_t))   (+ RM score, + truncation penalty, at the last token)
-    A_t       = GAE(gamma, lambda) over the response tokens, whitened over the batch
+    A_t       = GAE(discount, lambda) over the response tokens, whitened over the batch
     loss      = token-mean of max(-A r, -A clip(r, 1-eps, 1+eps))
-              + vf_coef * 0.5 * max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2)
-              + gamma_ptx * next-token loss on pretraining text (PPO-ptx; 0 = plain PPO)
+              + vf_coef * 0.5 * max((V - R)^2, (clip(V, V_old +- eps_v) - R)^2)   (the same token mean)
+              + gamma_ptx * next-token loss on pretraining text (PPO-ptx; 0 = plain PPO; mean over its tokens)
+
+A minibatch (rollout_batch / minibatches rows) is split over grad accumulation steps of at most
+train.micro_batch_size rows per process; the loop takes each token mean over the whole minibatch. The
+checkpoint holds the actor-critic; loading it (`sample`, `chat`, `serve`, `sft --init`) gives the policy.
 
     gptrecipe ppo --sft runs/speedrun/sft --rm runs/speedrun/rm train.max_steps=64
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,14 +28,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message
-from .checkpoint import load_model, resolve_checkpoint, save_checkpoint
-from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
-from .data.loader import rank_slice
-from .model import GPT, optimizer_groups
-from .rm import RewardEncoder, RewardModel, load_reward_model, score
-from .sample import SamplingConfig, generate_ids
+from .checkpoint import load_checkpoint, resolve_checkpoint
+from .compare import load_prompts
+from .config import ConfigError, RunConfig, load_config
+from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
+from .data.loader import pad_rows
+from .heads import RewardModel
+from .labelers import load_labeler
+from .model import GPT
+from .rm import RewardEncoder, load_reward_model, score
+from .runtime import rank_zero_first
+from .sample import SamplingConfig, generate_rows
+from .stage import StageRun, seeded_split
 from .tokenizer import Tokenizer
-from .train import TrainConfig, TrainResult, train
+from .train import Batch, TrainConfig, TrainResult, TrainTask
 
 
 @dataclass
@@ -53,7 +61,7 @@ class PPOConfig(RunConfig):
     beta: float = 0.05  # KL coefficient (initial, if adaptive)
     target_kl: float = 0.0  # > 0: adaptive KL controller towards this KL per sequence (nats)
     kl_horizon: int = 10_000
-    gamma: float = 1.0
+    discount: float = 1.0  # GAE's gamma (not gamma_ptx)
     lam: float = 0.95
     clip: float = 0.2
     clip_value: float = 0.2
@@ -88,15 +96,15 @@ def kl_rewards(logp: torch.Tensor, logp_ref: torch.Tensor, scores: torch.Tensor,
     return rewards
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, discount: float, lam: float):
     """Generalised advantage estimation over right-padded rows; zero past each row's last token."""
     T = rewards.size(1)
     adv = torch.zeros_like(rewards)
     last = torch.zeros(rewards.size(0), dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(T)):
         next_v = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_v - values[:, t]
-        last = (delta + gamma * lam * last) * mask[:, t]
+        delta = rewards[:, t] + discount * next_v - values[:, t]
+        last = (delta + discount * lam * last) * mask[:, t]
         adv[:, t] = last
     return adv, (adv + values) * mask
 
@@ -109,18 +117,19 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tens
 
 
 def policy_loss(logp, logp_old, adv, mask, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped surrogate, token mean over the minibatch; also the fraction of clipped tokens."""
+    """Clipped surrogate summed over the response tokens (the loop takes the token mean); and how many of those
+    tokens were clipped."""
     ratio = torch.exp(logp - logp_old)
     loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
     clipped = ((ratio - 1).abs() > clip).float()
-    n = mask.sum().clamp(min=1)
-    return (loss * mask).sum() / n, (clipped * mask).sum() / n
+    return (loss * mask).sum(), (clipped * mask).sum()
 
 
 def value_loss(v, v_old, returns, mask, clip: float) -> torch.Tensor:
+    """Clipped value loss summed over the response tokens."""
     v_clipped = v_old + (v - v_old).clamp(-clip, clip)
     loss = 0.5 * torch.max((v - returns) ** 2, (v_clipped - returns) ** 2)
-    return (loss * mask).sum() / mask.sum().clamp(min=1)
+    return (loss * mask).sum()
 
 
 class AdaptiveKL:
@@ -146,19 +155,13 @@ class ActorCritic(nn.Module):
         self.policy, self.value = policy, value
         self.config = policy.config
 
-    def values(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.value.head(self.value.gpt.hidden_states(ids).float()).squeeze(-1)
-
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, temperature: float, ptx_x: torch.Tensor | None = None,
                 ptx_y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Log-probs of the response tokens, V(state before each token) and, for PPO-ptx, the LM loss on
-        pretraining text: everything a PPO update differentiates, in one call so DDP can wrap it."""
+        """Log-probs of the response tokens, V(state before each token) and, for PPO-ptx, the LM loss summed over
+        the pretraining tokens: everything a PPO update differentiates, in one call so DDP can wrap it."""
         logp, _ = token_logprobs(self.policy, ids, temperature, mask)
-        ptx = self.policy(ptx_x, ptx_y)[1] if ptx_x is not None else None
-        return logp, self.values(ids)[:, :-1], ptx
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        return optimizer_groups(self, weight_decay)
+        ptx = self.policy(ptx_x, ptx_y)[1] * ptx_y.numel() if ptx_x is not None else None
+        return logp, self.value.token_values(ids)[:, :-1], ptx
 
 
 def token_logprobs(model: GPT, ids: torch.Tensor, temperature: float, mask: torch.Tensor | None = None,
@@ -180,7 +183,7 @@ def token_logprobs(model: GPT, ids: torch.Tensor, temperature: float, mask: torc
 # ---- the task --------------------------------------------------------------------------------
 
 
-class PPOTask:
+class PPOTask(TrainTask):
     """Rollouts and PPO minibatches as a TrainTask (one loop step = one minibatch update)."""
 
     def __init__(self, cfg: PPOConfig, ac: ActorCritic, ref: GPT, rm: RewardModel, tok: Tokenizer,
@@ -191,10 +194,10 @@ class PPOTask:
         self.prompts, self.val_prompts = prompts, val_prompts
         self.ptx_loader, self.gold = ptx_loader, gold
         self.kl_ctl = AdaptiveKL(cfg.beta, cfg.target_kl, cfg.kl_horizon)
-        self.tokens_per_row = ac.config.block_size
         self.buffer: dict[str, torch.Tensor] | None = None
         self.buffer_step = -1
-        self.last_metrics: dict[str, float] = {}
+        self._metrics: dict[str, float] = {}
+        self.last_rollout: dict[str, float] = {}
         self.pad = tok.id_of("<|pad|>")
 
     # rollouts -----------------------------------------------------------------------------
@@ -204,19 +207,8 @@ class PPOTask:
         ids = [self.template.prompt_ids([Message("user", p)]) for p in prompts]
         scfg = SamplingConfig(max_new_tokens=self.cfg.max_new_tokens, top_k=0, top_p=1.0, seed=seed,
                               temperature=self.cfg.temperature if temperature is None else temperature)
-        out: list[list[int]] = [[] for _ in ids]
-        ended = [False] * len(ids)
-        done = [False] * len(ids)
-        for nxt, finished in generate_ids(model, ids, scfg, stop_ids=self.template.stop_ids, pad_id=self.pad):
-            for i, t in enumerate(nxt.tolist()):
-                if done[i]:
-                    continue
-                if t in self.template.stop_ids:
-                    ended[i] = True
-                else:
-                    out[i].append(t)
-                done[i] = bool(finished[i])
-        return ids, out, ended
+        rows = generate_rows(model, ids, scfg, stop_ids=self.template.stop_ids, pad_id=self.pad)
+        return ids, [r.tokens for r in rows], [r.stop_token for r in rows]
 
     def sequences(self, prompt_ids: list[list[int]], responses: list[list[int]], ended: list[bool], device):
         """Right-padded prompt + response (+ <|end|> when produced) ids, no position shift, and the response mask.
@@ -225,11 +217,9 @@ class PPOTask:
         """
         seqs = [p + r + ([self.template.end] if e else []) for p, r, e in zip(prompt_ids, responses, ended,
                                                                                strict=True)]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width - 1)
+        ids = pad_rows(seqs, self.pad)
+        mask = torch.zeros(len(seqs), ids.size(1) - 1)
         for i, (s, p) in enumerate(zip(seqs, prompt_ids, strict=True)):
-            ids[i, : len(s)] = torch.tensor(s)
             mask[i, len(p) - 1: len(s) - 1] = 1.0
         if bool((mask.sum(1) == 0).any()):  # a response that is only <|end|> still has one token; none can be empty
             raise RuntimeError("rollout produced a row without response tokens")
@@ -246,11 +236,11 @@ class PPOTask:
         ids, mask = self.sequences(prompt_ids, responses, ended, device)
         logp, entropy = token_logprobs(self.ac.policy, ids, cfg.temperature, mask, entropy=True)
         logp_ref, _ = token_logprobs(self.ref, ids, cfg.temperature, mask)
-        values = self.ac.values(ids)[:, :-1]  # V(state before each token)
+        values = self.ac.value.token_values(ids)[:, :-1]  # V(state before each token)
         scores = torch.tensor(score(self.rm, self.enc, prompt_ids, responses), device=device)
         penalty = torch.tensor([0.0 if e else cfg.truncation_penalty for e in ended], device=device)
         rewards = kl_rewards(logp, logp_ref, scores + penalty, mask, self.kl_ctl.beta)
-        adv, returns = gae(rewards, values * mask, mask, cfg.gamma, cfg.lam)
+        adv, returns = gae(rewards, values * mask, mask, cfg.discount, cfg.lam)
         adv = whiten(adv, mask)
         kl_seq = ((logp - logp_ref) * mask).sum(1)
         self.last_rollout = {
@@ -274,7 +264,24 @@ class PPOTask:
         self.kl_ctl.beta = float(state["beta"])
 
     # the TrainTask interface ----------------------------------------------------------------
-    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+    def minibatch_rows(self) -> int:
+        return self.cfg.rollout_batch // self.cfg.minibatches
+
+    def grad_accum(self, cfg: TrainConfig, world_size: int) -> int:
+        """A minibatch split into pieces of at most micro_batch_size rows per process; refused if one would be
+        empty."""
+        rows = self.minibatch_rows()
+        if cfg.batch_tokens:
+            raise ConfigError("ppo: train.batch_tokens does not apply: one update is rollout_batch / minibatches "
+                              f"= {rows} rows, in micro batches of train.micro_batch_size; set train.batch_tokens=0")
+        accum = math.ceil(rows / (cfg.micro_batch_size * world_size))
+        if rows < accum * world_size:
+            raise ConfigError(f"ppo: a minibatch of rollout_batch / minibatches = {rows} rows cannot feed "
+                              f"{accum} micro steps x {world_size} processes; raise rollout_batch or "
+                              "train.micro_batch_size, or lower minibatches")
+        return accum
+
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
         cfg = self.cfg
         rollout_step = step - step % cfg.updates_per_rollout
         if self.buffer is None or self.buffer_step != rollout_step:
@@ -282,42 +289,54 @@ class PPOTask:
         k = step % cfg.updates_per_rollout
         epoch, mb = divmod(k, cfg.minibatches)
         perm = np.random.default_rng([cfg.train.seed, rollout_step, epoch]).permutation(cfg.rollout_batch)
-        size = cfg.rollout_batch // cfg.minibatches
+        size = self.minibatch_rows()
         rows = perm[mb * size: (mb + 1) * size]
-        per_rank = len(rows) // (grad_accum * world_size)
-        mine = rank_slice(rows, micro_step, per_rank, rank, world_size)
+        mine = np.array_split(rows, grad_accum * world_size)[micro_step * world_size + rank]  # every row, once
         idx = torch.as_tensor(mine, device=self.buffer["ids"].device)
         b = {k: v[idx] for k, v in self.buffer.items()}
         out = [b["ids"], b["mask"], b["logp"], b["values"], b["adv"], b["returns"]]
+        counts, tokens = {"policy": float(b["mask"].sum())}, b["ids"].numel()
         if self.ptx_loader is not None and cfg.gamma_ptx > 0:
-            out += list(self.ptx_loader.get_batch(step, micro_step, cfg.ptx_batch, grad_accum, rank, world_size))
-        return tuple(out)
+            ptx = list(self.ptx_loader.get_batch(step, micro_step, cfg.ptx_batch, grad_accum, rank, world_size))
+            out += ptx
+            counts["ptx"] = ptx[1].numel()
+            tokens += ptx[0].numel()
+        return Batch(tuple(out), counts, tokens, b["ids"].size(1))
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def flops(self, model, batch: Batch) -> float:
+        """Policy and value model on the rollout rows; the policy alone on the pretraining rows."""
+        ids = batch.tensors[0]
+        ptx = batch.tokens - ids.numel()
+        return (ids.numel() * 2 + ptx) * self.ac.policy.flops_per_token(ids.size(1))
+
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
         ids, mask, logp_old, v_old, adv, returns = batch[:6]
         logp, v, ptx = model(ids, mask, self.cfg.temperature, *batch[6:8])  # through DDP when distributed
-        pg, clipfrac = policy_loss(logp, logp_old, adv, mask, self.cfg.clip)
+        pg, clipped = policy_loss(logp, logp_old, adv, mask, self.cfg.clip)
         vf = value_loss(v, v_old, returns, mask, self.cfg.clip_value)
-        loss = pg + self.cfg.vf_coef * vf
-        metrics = {"policy_loss": pg.item(), "value_loss": vf.item(), "clip_frac": clipfrac.item(),
-                   "approx_kl_old": ((logp_old - logp) * mask).sum().item() / mask.sum().item()}
+        n = mask.sum().clamp(min=1)
+        self._metrics = {"policy_loss": (pg / n).item(), "value_loss": (vf / n).item(),
+                         "clip_frac": (clipped / n).item(),
+                         "approx_kl_old": ((logp_old - logp) * mask).sum().item() / n.item()}
+        out = {"policy": pg + self.cfg.vf_coef * vf}
         if ptx is not None:
-            loss = loss + self.cfg.gamma_ptx * ptx
-            metrics["ptx_loss"] = ptx.item()
-        self.last_metrics = {**getattr(self, "last_rollout", {}), **metrics}
-        return loss
+            out["ptx"] = self.cfg.gamma_ptx * ptx
+            self._metrics["ptx_loss"] = ptx.item() / batch[7].numel()
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return {**self.last_rollout, **self._metrics}
 
     @torch.no_grad()
     def evaluate(self, model, max_batches: int) -> dict[str, float]:
         """Held-out prompts: mean RM score (and gold score), KL to the reference, length."""
-        ac = model.module if hasattr(model, "module") else model
         prompts = self.val_prompts
-        prompt_ids, responses, ended = self.sample_responses(ac.policy, prompts, seed=12345)
+        prompt_ids, responses, ended = self.sample_responses(model.policy, prompts, seed=12345)
         scores = score(self.rm, self.enc, prompt_ids, responses)
         out = {"val_rm_score": float(np.mean(scores)), "val_ended_frac": float(np.mean(ended)),
                "val_response_len": float(np.mean([len(r) for r in responses]))}
-        ids, mask = self.sequences(prompt_ids, responses, ended, next(ac.parameters()).device)
-        logp, entropy = token_logprobs(ac.policy, ids, self.cfg.temperature, mask, entropy=True)
+        ids, mask = self.sequences(prompt_ids, responses, ended, next(model.parameters()).device)
+        logp, entropy = token_logprobs(model.policy, ids, self.cfg.temperature, mask, entropy=True)
         logp_ref, _ = token_logprobs(self.ref, ids, self.cfg.temperature, mask)
         out["val_kl"] = ((logp - logp_ref) * mask).sum(1).mean().item()  # nats per response, incl. <|end|>
         out["val_entropy"] = ((entropy * mask).sum() / mask.sum()).item()
@@ -326,21 +345,12 @@ class PPOTask:
         return out
 
     def samples(self, model) -> list[str]:
-        ac = model.module if hasattr(model, "module") else model
         prompts = self.val_prompts[:4]
-        _, responses, _ = self.sample_responses(ac.policy, prompts, seed=7, temperature=0.7)
+        _, responses, _ = self.sample_responses(model.policy, prompts, seed=7, temperature=0.7)
         return [f"User: {p}\nAssistant: {self.tok.decode(r)}" for p, r in zip(prompts, responses, strict=True)]
 
 
-def split_prompts(prompts: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    val = [prompts[i] for i in order[:n_val]]
-    return [prompts[i] for i in order[n_val:]] or val, val
-
-
 def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
-    from .rank import load_prompts
-
     if not cfg.sft or not cfg.rm:
         raise ConfigError("ppo: set sft=<SFT checkpoint> and rm=<reward model checkpoint>")
     if cfg.train.checkpoint_every % cfg.updates_per_rollout:
@@ -348,10 +358,11 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
                           f"updates per rollout ({cfg.updates_per_rollout}), so a resumed run restarts at a rollout")
     if cfg.rollout_batch % cfg.minibatches:
         raise ConfigError(f"ppo: rollout_batch {cfg.rollout_batch} must be divisible by minibatches {cfg.minibatches}")
-    sft_ckpt = resolve_checkpoint(cfg.sft)
-    policy, _ = load_model(resolve_checkpoint(cfg.policy_init) if cfg.policy_init else sft_ckpt)
-    ref, _ = load_model(sft_ckpt)
-    rm, tok, _ = load_reward_model(cfg.rm)
+    run = StageRun(cfg, "ppo", log)
+    sft = run.load_init(cfg.sft, "sft")
+    policy = run.load_init(cfg.policy_init, "policy_init").model if cfg.policy_init else sft.model
+    ref = load_checkpoint(sft.path, lm=True).model
+    rm, _ = load_reward_model(cfg.rm)
     value = RewardModel(rm.config)
     value.load_state_dict(rm.state_dict())
     for m in (policy, ref, rm, value):  # pitfall: dropout anywhere makes the first ratio != 1
@@ -361,44 +372,23 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
                 mod.p = 0.0
     for m in (ref, rm):
         m.eval().requires_grad_(False)
-    if tok.fingerprint != Tokenizer.from_file(sft_ckpt / "tokenizer.json").fingerprint:
+    tok = sft.tokenizer
+    if tok.fingerprint != Tokenizer.from_file(resolve_checkpoint(cfg.rm) / "tokenizer.json").fingerprint:
         raise ConfigError("ppo: the SFT model and the reward model use different tokenizers")
     ac = ActorCritic(policy, value)
     prompts, too_long = ChatTemplate(tok).prompts_that_fit(load_prompts(cfg.prompts), cfg.max_new_tokens,
                                                            policy.config.block_size)
     if not prompts:
         raise ConfigError(f"ppo: no prompt of {cfg.prompts} fits the context with max_new_tokens={cfg.max_new_tokens}")
-    train_prompts, val_prompts = split_prompts(prompts, cfg.val_prompts, cfg.train.seed)
+    train_prompts, val_prompts = seeded_split(prompts, cfg.val_prompts, cfg.train.seed)
     ptx_loader = None
     if cfg.gamma_ptx > 0:
-        from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
-
-        data = prepare_data(DataConfig(corpora=[CorpusConfig("ptx", cfg.ptx_source)]), tok,
-                            block_size=policy.config.block_size, show_progress=False)
+        with rank_zero_first(run.info):  # rank 0 fills the token cache, the others read it
+            data = prepare_data(DataConfig(corpora=[CorpusConfig("ptx", cfg.ptx_source)]), tok,
+                                block_size=policy.config.block_size, show_progress=False)
         ptx_loader = BatchLoader(data, block_size=policy.config.block_size, seed=cfg.train.seed)
-    gold = None
-    if cfg.gold_labeler:
-        from .labelers import load_labeler
-
-        gold = load_labeler(cfg.gold_labeler)
+    gold = load_labeler(cfg.gold_labeler) if cfg.gold_labeler else None
     task = PPOTask(cfg, ac, ref, rm, tok, train_prompts, val_prompts, ptx_loader, gold)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
-    run_config = {"stage": "ppo", "model": dataclasses.asdict(policy.config), "run": to_dict(cfg),
-                  "tokenizer_fingerprint": tok.fingerprint}
-    log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts ({too_long} too long, skipped); "
-        f"{cfg.rollout_batch} rollouts "
-        f"per {cfg.updates_per_rollout} updates")
-    result = train(ac, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=sft_ckpt / "tokenizer.json",
-                   resume=resume)
-    # the policy alone, in the ordinary checkpoint format, for `sample` / chat / the next round
-    save_checkpoint(cfg.run_dir / "policy", policy, {"stage": "ppo", "model": dataclasses.asdict(policy.config),
-                                                    "tokenizer_fingerprint": tok.fingerprint},
-                    tokenizer_path=sft_ckpt / "tokenizer.json")
-    return result
-
-
-def ppo_summary(result: TrainResult) -> dict[str, Any]:
-    first, last = result.evals[0], result.evals[-1]
-    return {k: (first.get(k, math.nan), last.get(k, math.nan)) for k in
-            ("val_rm_score", "val_gold_score", "val_kl", "val_entropy", "val_response_len")}
+    run.log(f"ppo: {len(train_prompts)} train / {len(val_prompts)} held-out prompts ({too_long} too long, skipped); "
+            f"{cfg.rollout_batch} rollouts per {cfg.updates_per_rollout} updates")
+    return run.train(ac, task, sft, resume, extras={"rm": str(cfg.rm)})

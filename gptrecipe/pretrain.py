@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 
-from .config import ConfigError, RunConfig, apply_overrides, dump_toml, find_preset, from_dict, load_toml, to_dict
-from .data import BatchLoader, DataConfig, PreparedData, prepare_data, read_documents
+from .config import ConfigError, RunConfig, apply_overrides, find_preset, from_dict, load_toml, to_dict
+from .data import BatchLoader, DataConfig, PreparedData, corpora_from_paths, prepare_data, read_documents
 from .model import GPT, GPTConfig
 from .report import md_table, plot_losses, write_markdown
-from .runtime import init_distributed, rank_zero_first
+from .runtime import rank_zero_first
 from .sample import SamplingConfig, generate
+from .stage import StageRun
 from .tokenizer import Tokenizer, compression_stats
-from .train import TrainConfig, TrainResult, train
+from .train import Batch, TrainConfig, TrainResult, TrainTask
 
 
 @dataclass
@@ -67,8 +68,6 @@ def load_pretrain_config(preset: str | None = None, overrides: list[str] = (), *
         raw["model"] = {"preset": model}
     cfg = from_dict(PretrainConfig, resolve_presets(raw))
     if data_paths:
-        from .data import corpora_from_paths
-
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, corpora=corpora_from_paths(data_paths)))
     return apply_overrides(cfg, list(overrides))
 
@@ -95,30 +94,32 @@ def get_tokenizer(settings: TokenizerSettings, data: DataConfig, *, log=print) -
     return tok
 
 
-class NextTokenTask:
+class NextTokenTask(TrainTask):
     """Pretraining as a TrainTask: B x T windows from the mixture, loss = mean next-token CE."""
 
     def __init__(self, loader: BatchLoader, data: PreparedData, tokenizer: Tokenizer, cfg: PretrainConfig):
         self.loader, self.data, self.tokenizer, self.cfg = loader, data, tokenizer, cfg
         self.tokens_per_row = cfg.model.block_size
 
-    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
-        return self.loader.get_batch(step, micro_step, micro_batch_size, grad_accum, rank, world_size)
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
+        x, y = self.loader.get_batch(step, micro_step, micro_batch_size, grad_accum, rank, world_size)
+        return Batch((x, y), {"lm": y.numel()}, x.numel(), x.size(1))
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
         x, y = batch
-        return model(x, y)[1]
+        return {"lm": model(x, y)[1] * y.numel()}  # every window position is a target: mean x count = sum
 
     def evaluate(self, model, max_batches: int) -> dict[str, float]:
-        """Validation loss per corpus on its held-out split, and their mixture-weighted mean."""
+        """Validation loss per corpus on its held-out split, and their weighted mean (weights normalised)."""
         device = next(model.parameters()).device
         out: dict[str, float] = {}
+        total_w = sum(c.weight for c in self.data.corpora)
         weighted = 0.0
         for corpus in self.data.corpora:
             losses = [model(x.to(device), y.to(device))[1].item() for x, y in
                       self.loader.val_batches(corpus.name, self.cfg.train.micro_batch_size, max_batches)]
             out[f"val/{corpus.name}"] = sum(losses) / len(losses)
-            weighted += corpus.weight * out[f"val/{corpus.name}"]
+            weighted += corpus.weight / total_w * out[f"val/{corpus.name}"]
         return {"val_loss": weighted, **out}
 
     def samples(self, model) -> list[str]:
@@ -130,36 +131,25 @@ class NextTokenTask:
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, log=print) -> TrainResult:
     """Train (or resume) a base model; writes checkpoints, metrics, loss.png and report.md in run_dir."""
-    run_dir = cfg.run_dir
-    info, _ = init_distributed(cfg.train.device)
-    if not info.is_main:
-        log = _quiet
-    with rank_zero_first(info):  # rank 0 trains the tokenizer and fills the token cache; the others reuse it
-        tokenizer = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
+    run = StageRun(cfg, "pretrain", log)
+    with rank_zero_first(run.info):  # rank 0 trains the tokenizer and fills the token cache; the others reuse it
+        tokenizer = get_tokenizer(cfg.tokenizer, cfg.data, log=run.log)
         data = prepare_data(cfg.data, tokenizer, block_size=cfg.model.block_size,
-                            show_progress=cfg.train.progress and info.is_main)
+                            show_progress=cfg.train.progress and run.is_main)
     if cfg.model.vocab_size != tokenizer.vocab_size:
-        log(f"model.vocab_size {cfg.model.vocab_size} -> {tokenizer.vocab_size} (the tokenizer's)")
+        run.log(f"model.vocab_size {cfg.model.vocab_size} -> {tokenizer.vocab_size} (the tokenizer's)")
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+        run.cfg = cfg
     loader = BatchLoader(data, block_size=cfg.model.block_size, seed=cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(dump_toml(cfg))
-    run_config = {"stage": "pretrain", "model": to_dict(cfg.model), "run": to_dict(cfg),
-                  "tokenizer_fingerprint": tokenizer.fingerprint}
-    log(f"model: {model.num_params() / 1e6:.2f}M parameters, {cfg.model.n_layer} layers, d={cfg.model.n_embd}, "
-        f"T={cfg.model.block_size}; run dir {run_dir}")
+    run.log(f"model: {model.num_params() / 1e6:.2f}M parameters, {cfg.model.n_layer} layers, d={cfg.model.n_embd}, "
+            f"T={cfg.model.block_size}; run dir {cfg.run_dir}")
     task = NextTokenTask(loader, data, tokenizer, cfg)
-    result = train(model, task, cfg.train, run_dir, run_config, tokenizer_path=tokenizer_path(cfg), resume=resume)
-    if info.is_main and result.checkpoint is not None and result.evals:
-        write_pretrain_report(cfg, result, data, tokenizer)
+    result = run.train(model, task, (tokenizer, Path(cfg.tokenizer.path)), resume)
+    if result.checkpoint is not None:
+        run.report(write_pretrain_report, cfg, result, data, tokenizer)
     return result
-
-
-def _quiet(*args, **kwargs) -> None:
-    """Log sink for ranks other than 0."""
 
 
 def _samples_md(samples: list[dict[str, Any]]) -> str:
@@ -187,10 +177,6 @@ def corpus_compression(tok: Tokenizer, data: DataConfig, chars: int = 200_000) -
                 break
         stats.append({"corpus": c.name, **compression_stats(tok, docs)})
     return stats
-
-
-def tokenizer_path(cfg: PretrainConfig) -> Path:
-    return Path(cfg.tokenizer.path)
 
 
 def write_pretrain_report(cfg: PretrainConfig, result: TrainResult, data: PreparedData, tok: Tokenizer) -> Path:

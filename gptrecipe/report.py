@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from .io import atomic_path, atomic_write_text, complete_lines
+
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    """The rows of a metrics.jsonl, without a torn last line a killed run leaves; [] if there is none."""
+    return [json.loads(ln) for ln in complete_lines(path)] if Path(path).exists() else []
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "") -> Path:
@@ -57,11 +57,9 @@ def save_figure(fig, png_path: str | Path) -> Path:
 
     fig.tight_layout()
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png_path.with_name(f".{png_path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return png_path
 
 
@@ -90,9 +88,5 @@ def environment() -> dict[str, str]:
 def write_markdown(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
     """Write `# title` and `## heading` sections atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = f"# {title}\n\n" + "\n".join(f"## {h}\n\n{body.rstrip()}\n" for h, body in sections)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, f"# {title}\n\n" + "\n".join(f"## {h}\n\n{body.rstrip()}\n" for h, body in sections))
     return path

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compare import CompareConfig, compare
 from .ppo import PPOConfig, load_ppo_config, ppo
-from .rank import RankConfig, rank
-from .report import md_table, plot_losses, write_markdown
+from .report import md_table, plot_losses, read_metrics, write_markdown
 from .rm import load_rm_config, train_reward_model
 from .sample import SamplingConfig
 
@@ -46,7 +46,7 @@ def run_rlhf(cfg: RLHFConfig, *, resume: bool = False, log=print) -> list[dict[s
         rd = root / f"round{r}"
         log(f"== RLHF round {r}/{cfg.rounds}: rank ({cfg.labeler}) -> rm -> ppo")
         # rank: new prompts each round (offset), sampled from the current policy
-        rank(RankConfig(model=policy, prompts=cfg.prompts, out=str(rankings), k=cfg.k, labeler=cfg.labeler,
+        compare(CompareConfig(model=policy, prompts=cfg.prompts, out=str(rankings), k=cfg.k, labeler=cfg.labeler,
                         max_prompts=cfg.rank_prompts * r, sample=SamplingConfig(max_new_tokens=32, seed=r)),
              log=log)
         rm_cfg = load_rm_config(cfg.rm_preset, [f"init={cfg.sft}", f"data={rankings}", "name=rm",
@@ -68,7 +68,7 @@ def run_rlhf(cfg: RLHFConfig, *, resume: bool = False, log=print) -> list[dict[s
                      "entropy_after": last.get("val_entropy", float("nan")), "len_before": first["val_response_len"],
                      "len_after": last["val_response_len"], "ppo_dir": str(ppo_cfg.run_dir),
                      "samples": [s["sample"] for s in ppo_result.samples if s["step"] == ppo_result.final_step]})
-        policy = str(ppo_cfg.run_dir / "policy")
+        policy = str(ppo_cfg.run_dir)  # a PPO checkpoint loads as its policy
     write_markdown(root / "report.md", "RLHF rounds", [("Rounds", md_table(
         [{k: v for k, v in row.items() if k != "samples"} for row in rows]))])
     return rows
@@ -80,8 +80,6 @@ def plot_ppo(metrics_path: Path, png_path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .report import read_metrics
 
     rows = [r for r in read_metrics(metrics_path) if "rm_score" in r]
     evals = [r for r in read_metrics(metrics_path) if "val_rm_score" in r]

@@ -4,7 +4,7 @@ The SFT transformer with a scalar head. The reward of (prompt, response) is read
 state of a <|reward|> token appended after the response's <|end|>. For a prompt with K responses ranked
 best to worst, all K go through the model in the same batch element and the loss averages
 -log sigmoid(r_better - r_worse) over all C(K,2) pairs (`--loss listwise`: Plackett-Luce over the
-ranking). After training, the head's bias is shifted so the SFT responses' mean reward is 0.
+ranking). After training, the reward is shifted so the SFT responses' mean reward is 0.
 
     gptrecipe rm --init runs/speedrun/sft --data runs/speedrun/rankings.jsonl
     gptrecipe rm score runs/speedrun/rm --data pairs.jsonl      # {"prompt", "response"} per line
@@ -14,31 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message, read_jsonl
-from .checkpoint import (
-    CheckpointError,
-    load_model,
-    load_weights,
-    read_config,
-    resolve_checkpoint,
-)
-from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
-from .data.loader import global_batch, rank_slice
+from .checkpoint import CheckpointError, load_checkpoint, unwrap
+from .config import ConfigError, RunConfig, load_config
+from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
-from .model import GPT, GPTConfig, optimizer_groups
+from .heads import RewardModel
 from .report import md_table, plot_losses, write_markdown
-from .runtime import init_distributed
+from .stage import StageRun, n_val, seeded_split
 from .tokenizer import Tokenizer
-from .train import TrainConfig, TrainResult, train
+from .train import Batch, TrainConfig, TrainResult, TrainTask
 
 
 @dataclass
@@ -68,27 +60,6 @@ def read_rankings(path: str | Path) -> list[Ranking]:
     return out
 
 
-class RewardModel(nn.Module):
-    """A GPT body and a scalar head on the hidden state of the reward readout token."""
-
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.gpt = GPT(config)
-        self.config = config
-        self.head = nn.Linear(config.n_embd, 1)
-        nn.init.normal_(self.head.weight, std=1.0 / (config.n_embd + 1) ** 0.5)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Rewards (B,) of right-padded rows; each is read at its last real token (the readout token)."""
-        h = self.gpt.hidden_states(ids)
-        last = h[torch.arange(ids.size(0), device=ids.device), lengths - 1]
-        return self.head(last.float()).squeeze(-1)
-
-    def optimizer_groups(self, weight_decay: float) -> list[dict]:
-        return optimizer_groups(self, weight_decay)
-
-
 class RewardEncoder:
     """The one way (prompt, response) becomes reward-model input: train, eval, PPO and chat all use it."""
 
@@ -105,12 +76,7 @@ class RewardEncoder:
         return (p + r)[:room] + tail  # an over-long pair keeps its start; the readout token always ends it
 
     def batch(self, rows: list[list[int]], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        lengths = torch.tensor([len(r) for r in rows])
-        return ids.to(device), lengths.to(device)
+        return pad_rows(rows, self.pad).to(device), torch.tensor([len(r) for r in rows], device=device)
 
 
 def pairwise_loss(rewards: torch.Tensor) -> torch.Tensor:
@@ -130,8 +96,9 @@ def pairwise_accuracy(rewards: torch.Tensor) -> tuple[int, int]:
     return int((rewards[i] > rewards[j]).sum()), len(i)
 
 
-class RankingTask:
-    """A TrainTask whose rows are prompts: all K responses of a prompt are scored in one batch element."""
+class RankingTask(TrainTask):
+    """A TrainTask whose rows are prompts: all K responses of a prompt are scored in one batch element; the loss is
+    the mean over prompts of each prompt's ranking loss."""
 
     def __init__(self, train_set: list[Ranking], val_set: list[Ranking], enc: RewardEncoder, loss: str, seed: int):
         if loss not in ("pairwise", "listwise"):
@@ -141,22 +108,19 @@ class RankingTask:
         self.loss_fn = pairwise_loss if loss == "pairwise" else listwise_loss
 
     def _encode(self, group: list[Ranking]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows, sizes = [], []
-        for r in group:
-            rows += [self.enc.ids(r.prompt, resp) for resp in r.responses]
-            sizes.append(len(r.responses))
-        ids, lengths = self.enc.batch(rows)
-        return ids, lengths, torch.tensor(sizes)
+        rows = [self.enc.ids(r.prompt, resp) for r in group for resp in r.responses]
+        return *self.enc.batch(rows), torch.tensor([len(r.responses) for r in group])
 
-    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
         idx = global_batch(self.seed, step, len(self.train_set), micro_batch_size * grad_accum * world_size)
         mine = rank_slice(idx, micro_step, micro_batch_size, rank, world_size)
-        return self._encode([self.train_set[i] for i in mine])
+        ids, lengths, sizes = self._encode([self.train_set[i] for i in mine])
+        return Batch((ids, lengths, sizes), {"ranking": len(sizes)}, ids.numel(), ids.size(1))
 
-    def loss(self, model, batch) -> torch.Tensor:
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
         ids, lengths, sizes = batch
         rewards = model(ids, lengths)
-        return torch.stack([self.loss_fn(r) for r in rewards.split(sizes.tolist())]).mean()
+        return {"ranking": torch.stack([self.loss_fn(r) for r in rewards.split(sizes.tolist())]).sum()}
 
     @torch.no_grad()
     def evaluate(self, model, max_batches: int) -> dict[str, float]:
@@ -172,8 +136,17 @@ class RankingTask:
                 losses.append(self.loss_fn(r).item())
         return {"val_loss": float(np.mean(losses)), "val_accuracy": correct / max(1, total)}
 
-    def samples(self, model) -> list[str]:
-        return []
+    @torch.no_grad()
+    def finish(self, model) -> None:
+        """InstructGPT: shift the reward so the SFT model's responses (the ranked samples) average 0."""
+        rm = unwrap(model)
+        rm.shift.zero_()
+        was_training = rm.training
+        rm.eval()
+        rewards = score(rm, self.enc, [r.prompt for r in self.train_set for _ in r.responses],
+                        [x for r in self.train_set for x in r.responses])
+        rm.shift.fill_(float(np.mean(rewards)))
+        rm.train(was_training)
 
 
 @torch.no_grad()
@@ -203,58 +176,22 @@ def load_rm_config(preset: str | None = None, overrides: list[str] = ()) -> RMCo
     return load_config(RMConfig, "rm", preset, overrides)
 
 
-def load_reward_model(path: str | Path, device="cpu") -> tuple[RewardModel, Tokenizer, RewardEncoder]:
-    ckpt = resolve_checkpoint(path)
-    cfg = read_config(ckpt)
-    if cfg.get("stage") != "rm":
-        raise CheckpointError(f"{ckpt} is a {cfg.get('stage')!r} checkpoint, not a reward model")
-    model = RewardModel(GPTConfig(**cfg["model"]))
-    load_weights(model, ckpt)
-    with torch.no_grad():
-        model.head.bias -= float(cfg.get("reward_shift", 0.0))
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
-    return model.to(device).eval(), tok, RewardEncoder(tok, model.config.block_size)
-
-
 def train_reward_model(cfg: RMConfig, *, resume: bool = False, log=print) -> TrainResult:
+    run = StageRun(cfg, "rm", log)
     if not cfg.init or not cfg.data:
         raise ConfigError("rm: set init=<SFT checkpoint> and data=<rankings.jsonl>")
-    init_distributed(cfg.train.device)
-    ckpt = resolve_checkpoint(cfg.init)
-    sft_model, _ = load_model(ckpt)
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
-    config = dataclasses.replace(sft_model.config, dropout=0.0)
+    base = run.load_init(cfg.init, "init")
+    config = dataclasses.replace(base.model.config, dropout=0.0)
     torch.manual_seed(cfg.train.seed)  # the new head's init is part of the run: same seed, same reward model
     model = RewardModel(config)
-    model.gpt.load_state_dict(sft_model.state_dict())
-    enc = RewardEncoder(tok, config.block_size)
+    model.gpt.load_state_dict(base.model.state_dict())
+    enc = RewardEncoder(base.tokenizer, config.block_size)
     rankings = read_rankings(cfg.data)
-    order = np.random.default_rng(cfg.train.seed).permutation(len(rankings))
-    n_val = max(1, int(len(rankings) * cfg.val_fraction))
-    val = [rankings[i] for i in order[:n_val]]
-    train_set = [rankings[i] for i in order[n_val:]] or val
-    log(f"rm: {len(train_set)} train / {len(val)} val prompts, "
-        f"{sum(len(r.responses) * (len(r.responses) - 1) // 2 for r in train_set)} train pairs")
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
-    task = RankingTask(train_set, val, enc, cfg.loss, cfg.train.seed)
-    run_config = {"stage": "rm", "model": dataclasses.asdict(config), "run": to_dict(cfg), "init": str(ckpt),
-                  "tokenizer_fingerprint": tok.fingerprint}
-    result = train(model, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=ckpt / "tokenizer.json",
-                   resume=resume)
-    # InstructGPT: shift the reward so the SFT model's responses (the ranked samples) average 0. The shift is
-    # recorded in the checkpoint's config and applied on load, so the trained weights stay resumable as saved.
-    model.eval()
-    rewards = score(model, enc, [r.prompt for r in train_set for _ in r.responses],
-                    [x for r in train_set for x in r.responses])
-    shift = float(np.mean(rewards))
-    if result.checkpoint is not None:
-        saved = read_config(result.checkpoint)
-        tmp = result.checkpoint / f".config.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps({**saved, "reward_shift": shift}, indent=2))
-        os.replace(tmp, result.checkpoint / "config.json")
-    if result.evals:
-        write_rm_report(cfg, result, shift, len(train_set), len(val))
+    train_set, val = seeded_split(rankings, n_val(len(rankings), cfg.val_fraction), cfg.train.seed)
+    run.log(f"rm: {len(train_set)} train / {len(val)} val prompts, "
+            f"{sum(len(r.responses) * (len(r.responses) - 1) // 2 for r in train_set)} train pairs")
+    result = run.train(model, RankingTask(train_set, val, enc, cfg.loss, cfg.train.seed), base, resume)
+    run.report(write_rm_report, cfg, result, float(model.shift), len(train_set), len(val))
     return result
 
 
@@ -264,13 +201,21 @@ def write_rm_report(cfg: RMConfig, result: TrainResult, shift: float, n_train: i
             for e in result.evals]
     sections = [("Held-out pairwise accuracy", md_table(rows) + f"\n![loss]({png.name})\n"),
                 ("Data", f"{n_train} train prompts, {n_val} held-out prompts, loss `{cfg.loss}`\n"),
-                ("Normalisation", f"bias shifted by {-shift:+.4f} so the SFT responses' mean reward is 0\n")]
+                ("Normalisation", f"rewards shifted by {-shift:+.4f} so the SFT responses' mean reward is 0\n")]
     return write_markdown(cfg.run_dir / "report.md", f"Reward model `{cfg.name}`", sections)
+
+
+def load_reward_model(path: str | Path, device="cpu") -> tuple[RewardModel, RewardEncoder]:
+    """A reward model checkpoint, ready to score (the shift that centres the SFT responses' rewards applied)."""
+    loaded = load_checkpoint(path, device)
+    if not isinstance(loaded.model, RewardModel):
+        raise CheckpointError(f"{loaded.path} is a {loaded.meta.stage!r} checkpoint, not a reward model")
+    return loaded.model.eval(), RewardEncoder(loaded.tokenizer, loaded.model.config.block_size)
 
 
 def score_file(checkpoint: str, data: str, out=None) -> list[float]:
     """`gptrecipe rm score`: reward of each {"prompt", "response"} line, printed as JSONL."""
-    model, tok, enc = load_reward_model(checkpoint)
+    model, enc = load_reward_model(checkpoint)
     pairs = []
     for n, obj in read_jsonl(data):
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .io import atomic_write_text
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` -> cuda if available, then mps, else cpu; anything else is passed to torch.device."""
@@ -95,12 +97,13 @@ def rank_zero_first(info: DistInfo):
         dist.barrier()
 
 
-def all_reduce_mean(value: float, info: DistInfo, device: torch.device) -> float:
+def all_reduce_sum(t: torch.Tensor, info: DistInfo, device: torch.device) -> torch.Tensor:
+    """The elementwise sum of `t` over all ranks (a CPU tensor back; `t` itself when not distributed)."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return t
+    t = t.to(device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.item() / info.world_size
+    return t.cpu()
 
 
 def _peak_cache() -> Path:
@@ -144,10 +147,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 0, sec
             break
     known[key] = best
     with contextlib.suppress(OSError):
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps(known, indent=1))
     return best
 
 

@@ -1,21 +1,24 @@
-"""The one sampler: batched autoregressive generation with a KV cache.
+"""The sampler: batched autoregressive generation with a KV cache.
 
 Each step feeds only the newest token per row (the cache holds the keys and values of all earlier
 positions), turns the last logits into a distribution (temperature, top-k, top-p) and draws the
-next token. Prompts of different lengths are left-padded; rows stop independently at a stop token,
-a stop string, the token budget or the context length. Every later stage (chat, PPO rollouts, the
-server, in-context evaluation) generates through `generate_ids` / `generate`.
+next token. Prompts of different lengths are left-padded. A `RowDecoder` per row ends it at a stop
+token, a stop string or the token budget, and holds back streamed text that may still become a stop
+string. Sampling, evaluation and PPO rollouts generate through `generate` / `generate_rows`; the
+serving engine (`gptrecipe.serve.engine`, also behind the chat terminal) runs its own continuous-batching
+loop but draws with `sample_next` and decodes every row with `RowDecoder`.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from .data.loader import pad_rows
 from .model import GPT
 
 
@@ -76,11 +79,8 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack prompts into (B, T) with left padding; returns ids and per-row pad counts."""
-    width = max(len(p) for p in prompts)
-    pads = torch.tensor([width - len(p) for p in prompts], dtype=torch.long)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+    ids = pad_rows(prompts, pad_id, left=True)
+    pads = torch.tensor([ids.size(1) - len(p) for p in prompts], dtype=torch.long)
     return ids.to(device), pads.to(device)
 
 
@@ -105,9 +105,7 @@ def generate_ids(
     if longest > block:
         raise PromptTooLongError(f"prompt of {longest} tokens is longer than the model's context ({block} tokens)")
     device = next(model.parameters()).device
-    generator = None
-    if cfg.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     ids, pads = left_pad(prompts, pad_id, device)
     budget = min(cfg.max_new_tokens, block - longest)
     cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
@@ -126,6 +124,55 @@ def generate_ids(
         logits, _ = model(nxt[:, None], cache=cache)
 
 
+class RowDecoder:
+    """One row's decoding: stop tokens, stop strings, the token budget, and the text that is safe to stream.
+    Without a tokenizer it tracks tokens only (no text, no stop strings)."""
+
+    def __init__(self, tokenizer, budget: int, stop_ids: Collection[int] = (), stop: Sequence[str] = ()):
+        self.tok, self.budget, self.stop_ids = tokenizer, budget, frozenset(stop_ids)
+        self.stop = [s for s in stop if s]
+        self.tokens: list[int] = []  # text tokens (stop tokens left out)
+        self.text = ""  # decoded text, cut before a stop string
+        self.streamed = 0  # characters of `text` already handed out
+        self.finish: str | None = None  # "stop" (stop token or string) or "length" (budget spent)
+        self.stop_token = False  # ended on a stop token
+        self.cut = False  # ended on a stop string: `text` is shorter than the decoded tokens
+
+    def accept(self, token: int) -> str:
+        """Take the drawn token; return the new text that can be streamed now (maybe "")."""
+        if token in self.stop_ids:
+            self.finish, self.stop_token = "stop", True
+        else:
+            self.tokens.append(token)
+            if self.tok is not None:
+                self.text = self.tok.decode(self.tokens)
+                hits = [self.text.find(s) for s in self.stop if s in self.text]
+                if hits:
+                    self.text, self.finish, self.cut = self.text[: min(hits)], "stop", True
+        if self.finish is None and len(self.tokens) >= self.budget:
+            self.finish = "length"
+        safe = _safe_prefix(self.text, self.stop, final=self.finish is not None)
+        delta, self.streamed = self.text[self.streamed: safe], max(safe, self.streamed)
+        return delta
+
+
+def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, stop_ids: Collection[int] = (),
+                  pad_id: int = 0, tokenizer=None,
+                  on_text: Callable[[int, str], None] | None = None) -> list[RowDecoder]:
+    """Generate from id prompts; each row's finished `RowDecoder`. With a `tokenizer` rows also decode text (cut at
+    `cfg.stop`) and `on_text(row, piece)` receives each row's text as soon as it is safe to show."""
+    budget = min(cfg.max_new_tokens, model.config.block_size - max(map(len, prompts), default=0))
+    rows = [RowDecoder(tokenizer, budget, stop_ids, cfg.stop) for _ in prompts]
+    for nxt, _ in generate_ids(model, prompts, cfg, pad_id=pad_id):  # the decoders end the rows
+        for i, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
+            piece = row.accept(tok) if row.finish is None else ""
+            if piece and on_text is not None:
+                on_text(i, piece)
+        if all(r.finish is not None for r in rows):
+            break
+    return rows
+
+
 def generate(
     model: GPT,
     tokenizer,
@@ -141,43 +188,10 @@ def generate(
     back while it ends in an incomplete UTF-8 sequence or could be the start of a stop string.
     """
     ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
-    if stop_ids is None:
-        stop_ids = [tokenizer.eot_id]
-    n = len(ids)
-    out: list[list[int]] = [[] for _ in range(n)]
-    texts = [""] * n
-    emitted = [0] * n
-    reasons: list[str | None] = [None] * n
-    stop_tokens = set(stop_ids)
-    for nxt, finished in generate_ids(model, ids, cfg, stop_ids=stop_ids, pad_id=tokenizer.eot_id):
-        for row in range(n):
-            if reasons[row] is not None:
-                continue
-            tok = int(nxt[row])
-            if tok in stop_tokens:
-                reasons[row] = "stop"
-            else:
-                out[row].append(tok)
-                texts[row] = tokenizer.decode(out[row])
-                hit = [texts[row].find(s) for s in cfg.stop if s and s in texts[row]]
-                if hit:
-                    texts[row] = texts[row][: min(hit)]
-                    reasons[row] = "stop"
-                elif bool(finished[row]):
-                    reasons[row] = "length"
-            if on_text is not None:
-                safe = _safe_prefix(texts[row], cfg.stop, final=reasons[row] is not None)
-                if safe > emitted[row]:
-                    on_text(row, texts[row][emitted[row]:safe])
-                    emitted[row] = safe
-        if all(r is not None for r in reasons):
-            break
-    completions = []
-    for i in range(n):
-        truncated = tokenizer.decode(out[i]) != texts[i]  # cut at a stop string: re-encode what is kept
-        completions.append(Completion(texts[i], tokenizer.encode(texts[i]) if truncated else out[i],
-                                      reasons[i] or "length"))
-    return completions
+    rows = generate_rows(model, ids, cfg, stop_ids=[tokenizer.eot_id] if stop_ids is None else stop_ids,
+                         pad_id=tokenizer.eot_id, tokenizer=tokenizer, on_text=on_text)
+    # text cut at a stop string: re-encode what is kept
+    return [Completion(r.text, tokenizer.encode(r.text) if r.cut else r.tokens, r.finish or "length") for r in rows]
 
 
 def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:

@@ -8,26 +8,24 @@ Data: JSONL of `{"messages": [{"role", "content"}, ...]}` or `{"prompt", "respon
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message, RenderedChat, read_conversations
-from .checkpoint import load_model, resolve_checkpoint
-from .config import ConfigError, RunConfig, dump_toml, load_config, to_dict
-from .data.loader import global_batch, rank_slice
+from .config import RunConfig, load_config
+from .data.corpora import chatterbot_conversations
+from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
 from .model import IGNORE_INDEX
 from .report import md_table, plot_losses, write_markdown
-from .runtime import init_distributed
 from .sample import SamplingConfig, generate
+from .stage import StageRun, n_val, seeded_split
 from .tokenizer import Tokenizer
-from .train import TrainConfig, TrainResult, train
+from .train import Batch, TrainConfig, TrainResult, TrainTask
 
 
 @dataclass
@@ -51,8 +49,6 @@ def load_sft_config(preset: str | None = None, overrides: list[str] = ()) -> SFT
 
 def load_chats(source: str) -> list[list[Message]]:
     if source == "builtin:chatterbot":
-        from .data.corpora import chatterbot_conversations
-
         return [[Message("user" if i % 2 == 0 else "assistant", t) for i, t in enumerate(conv)]
                 for conv in chatterbot_conversations()]
     return read_conversations(source)
@@ -84,8 +80,8 @@ def pack(examples: list[RenderedChat], row_len: int) -> list[RenderedChat]:
     return rows
 
 
-class MaskedLMTask:
-    """A TrainTask for token sequences with a loss mask (SFT), token-level mean over the global batch."""
+class MaskedLMTask(TrainTask):
+    """A TrainTask for token sequences with a loss mask (SFT): the mean over the global batch's trainable tokens."""
 
     def __init__(self, rows: list[RenderedChat], val_rows: list[RenderedChat], pad_id: int, seed: int,
                  block_size: int, sample_fn=None):
@@ -93,42 +89,31 @@ class MaskedLMTask:
             raise DataError("no training conversation has any assistant token inside the context")
         self.rows, self.val_rows, self.pad_id, self.seed = rows, val_rows, pad_id, seed
         self.tokens_per_row = block_size
-        self.counts = np.array([max(0, sum(r.mask[1:])) for r in rows])
         self.sample_fn = sample_fn
 
     def _tensors(self, rows: list[RenderedChat]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r.ids) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        tgt = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-        for i, r in enumerate(rows):
-            t = torch.tensor(r.ids)
-            ids[i, : len(r.ids)] = t
-            tgt[i, : len(r.ids)] = torch.where(torch.tensor(r.mask), t, IGNORE_INDEX)
+        ids = pad_rows([r.ids for r in rows], self.pad_id)
+        tgt = pad_rows([[t if m else IGNORE_INDEX for t, m in zip(r.ids, r.mask, strict=True)] for r in rows],
+                       IGNORE_INDEX)
         return ids[:, :-1], tgt[:, 1:]
 
-    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size):
+    def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
         idx = global_batch(self.seed, step, len(self.rows), micro_batch_size * grad_accum * world_size)
         x, y = self._tensors([self.rows[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
-        # normaliser: trainable tokens of the whole global batch, so the gradient is their token mean
-        norm = torch.tensor(max(1, int(self.counts[idx].sum())) / (grad_accum * world_size), dtype=torch.float32)
-        return x, y, norm
+        return Batch((x, y), {"lm": int((y != IGNORE_INDEX).sum())}, x.numel(), x.size(1))
 
-    def loss(self, model, batch) -> torch.Tensor:
-        x, y, norm = batch
+    def loss(self, model, batch) -> dict[str, torch.Tensor]:
+        x, y = batch
         logits, _ = model(x)
-        ce = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                             ignore_index=IGNORE_INDEX, reduction="sum")
-        return ce / norm
+        return {"lm": F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
+                                      ignore_index=IGNORE_INDEX, reduction="sum")}
 
     def evaluate(self, model, max_batches: int) -> dict[str, float]:
         device = next(model.parameters()).device
         total, count = 0.0, 0
         for i in range(0, min(len(self.val_rows), 16 * max_batches), 16):
-            x, y = self._tensors(self.val_rows[i: i + 16])
-            logits, _ = model(x.to(device))
-            y = y.to(device)
-            total += F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
-                                     ignore_index=IGNORE_INDEX, reduction="sum").item()
+            x, y = (t.to(device) for t in self._tensors(self.val_rows[i: i + 16]))
+            total += self.loss(model, (x, y))["lm"].item()
             count += int((y != IGNORE_INDEX).sum())
         return {"val_loss": total / max(1, count)}
 
@@ -144,42 +129,29 @@ def chat_replies(model, tok: Tokenizer, prompts: list[str], cfg: SamplingConfig)
 
 
 def sft(cfg: SFTConfig, *, resume: bool = False, log=print) -> TrainResult:
-    if not cfg.init:
-        raise ConfigError("sft: set init=<pretrained checkpoint or run dir> (e.g. init=runs/speedrun/pretrain)")
-    info, _ = init_distributed(cfg.train.device)
-    ckpt = resolve_checkpoint(cfg.init)
-    model, base_config = load_model(ckpt)
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    run = StageRun(cfg, "sft", log)
+    base = run.load_init(cfg.init, "init")
+    model, tok = base.model, base.tokenizer
     template = ChatTemplate(tok)
     block = model.config.block_size
     convs = load_chats(cfg.data)
-    rng = np.random.default_rng(cfg.train.seed)
-    order = rng.permutation(len(convs))
-    n_val = max(1, int(len(convs) * cfg.val_fraction))
-    val, dropped_val = render_all(template, [convs[i] for i in order[:n_val]], block)
-    rows, dropped = render_all(template, [convs[i] for i in order[n_val:]], block)
+    train_convs, val_convs = seeded_split(convs, n_val(len(convs), cfg.val_fraction), cfg.train.seed)
+    val, dropped_val = render_all(template, val_convs, block)
+    rows, dropped = render_all(template, train_convs, block)
     truncated = sum(r.truncated for r in rows)
-    log(f"sft: {len(rows)} train / {len(val)} val conversations; {truncated} truncated to the context, "
-        f"{dropped + dropped_val} dropped (no assistant token left)")
+    run.log(f"sft: {len(rows)} train / {len(val)} val conversations; {truncated} truncated to the context, "
+            f"{dropped + dropped_val} dropped (no assistant token left)")
     if cfg.packing:
         rows = pack(rows, block + 1)
-    if info.is_main:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
     task = MaskedLMTask(rows, val, tok.id_of("<|pad|>"), cfg.train.seed, block,
                         sample_fn=lambda m: [f"User: {p}\nAssistant: {r}" for p, r in
                                              zip(cfg.sample_prompts, chat_replies(m, tok, cfg.sample_prompts,
                                                                                   cfg.sample), strict=True)])
-    run_config = {"stage": "sft", "model": dataclasses.asdict(model.config), "run": to_dict(cfg),
-                  "init": str(ckpt), "tokenizer_fingerprint": tok.fingerprint,
-                  "base": base_config.get("stage")}
-    result = train(model, task, cfg.train, cfg.run_dir, run_config, tokenizer_path=ckpt / "tokenizer.json",
-                   resume=resume)
-    if info.is_main and result.evals:
-        write_sft_report(cfg, result, {"train conversations": len(rows) if not cfg.packing else "packed",
-                                       "packed rows": len(rows) if cfg.packing else "-",
-                                       "val conversations": len(val), "truncated": truncated,
-                                       "dropped": dropped + dropped_val})
+    result = run.train(model, task, base, resume, extras={"base_stage": base.meta.stage})
+    run.report(write_sft_report, cfg, result, {"train conversations": len(rows) if not cfg.packing else "packed",
+                                               "packed rows": len(rows) if cfg.packing else "-",
+                                               "val conversations": len(val), "truncated": truncated,
+                                               "dropped": dropped + dropped_val})
     return result
 
 

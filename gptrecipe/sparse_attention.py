@@ -4,7 +4,7 @@ O(n sqrt n) time instead of O(n^2), never through an (n, n) matrix.
 A pattern says which keys j a query i may read; d = i - j is the relative distance, every pattern is causal:
 
     local(k)     0 <= d < k                          a band: the token itself and the k-1 tokens before it
-    strided(k)   0 <= d < k  or  d in {k, 2k, 3k, ...}   the band plus every k-th token back (RECIPE.md section 2)
+    strided(k)   0 <= d < k  or  d in {k, 2k, 3k, ...}   the band plus every k-th token back (GPT-3 sec. 2.1)
     fixed(k,c)   d >= 0 and (i // k == j // k  or  j mod k >= k - c)
                                                      the query's own aligned block of k tokens, plus the last c
                                                      tokens ("summary" cells) of every earlier block

@@ -26,13 +26,15 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import tiktoken
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
+
+from .data.readers import read_documents
+from .io import atomic_write_bytes
 
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
@@ -282,19 +284,8 @@ class Tokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write tokenizer.json atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = self.hf.to_str(pretty=False).encode("utf-8")
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data)
         self.source = str(path)
         self._fingerprint = hashlib.sha256(data).hexdigest()
 
@@ -400,8 +391,6 @@ DEFAULT_INPUTS = ("builtin:shakespeare", "builtin:kjv", "builtin:chatterbot")
 def read_texts(sources: Sequence[str], max_chars: int) -> Iterator[str]:
     """Documents of the sources, at most `max_chars` in all, shared evenly by the sources (in rounds, so
     what a small source leaves unused goes to the others); the last document of a share may be cut."""
-    from .data.readers import read_documents
-
     readers = {src: read_documents(src) for src in sources}
     left = max_chars
     while readers and left >= len(readers):
@@ -473,9 +462,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> None:
     """Register `tokenizer train|encode|decode|stats` on an argparse subparsers object."""
-    fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
-        "tokenizer", help="train and use the byte-level BPE tokenizer", formatter_class=fmt,
+        "tokenizer", help="train / use the byte-level BPE tokenizer (train, encode, decode, stats)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Byte-level BPE (GPT-4 split regex, 256-byte alphabet, 16 special tokens), trained with "
         "Hugging Face tokenizers and encoded with tiktoken.\n\nExamples:\n"
         "  gptrecipe tokenizer train --vocab-size 4096 --out runs/tokenizer/tokenizer.json\n"
@@ -483,40 +472,36 @@ def add_cli(subparsers) -> None:
         "  gptrecipe tokenizer decode --tokenizer runs/tokenizer/tokenizer.json 15 2043 300\n"
         "  gptrecipe tokenizer stats --tokenizer runs/tokenizer/tokenizer.json --input my_texts/")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="COMMAND", required=True)
-    sources_help = ("a .txt/.md/.jsonl/.parquet file, a directory of them, or builtin:shakespeare, "
-                    "builtin:kjv, builtin:chatterbot (repeatable; default: the three builtin corpora)")
+    uses = argparse.ArgumentParser(add_help=False)  # the commands that read a tokenizer
+    uses.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
 
     t = sub.add_parser("train", help="learn BPE merges from corpora and save tokenizer.json",
                        description="Learn byte-level BPE merges from corpora and save tokenizer.json.")
     t.add_argument("--out", default="runs/tokenizer/tokenizer.json", metavar="PATH",
                    help="output path (default: %(default)s)")
     t.add_argument("--vocab-size", type=int, default=4096, metavar="N",
-                   help=f"tokens in the vocabulary, specials included, >= {MIN_VOCAB_SIZE} "
-                   "(default: %(default)s)")
-    t.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
-    t.add_argument("--max-chars", type=int, default=20_000_000, metavar="N",
-                   help="cap on training text, shared evenly by the inputs (default: %(default)s)")
+                   help=f"tokens in the vocabulary, specials included, >= {MIN_VOCAB_SIZE} (default: %(default)s)")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("encode", help="print the ids of TEXT (or of stdin)",
+    e = sub.add_parser("encode", help="print the ids of TEXT (or of stdin)", parents=[uses],
                        description="Print the token ids of TEXT (words joined by spaces), or of stdin when "
                        "no TEXT is given, space-separated.")
-    e.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
     e.add_argument("--allow-special", action="store_true", help="read <|endoftext|> etc. as special tokens")
     e.add_argument("text", nargs="*", help="text to encode (default: stdin)")
     e.set_defaults(func=_cmd_encode)
 
-    d = sub.add_parser("decode", help="print the text of IDS (or of stdin)",
+    d = sub.add_parser("decode", help="print the text of IDS (or of stdin)", parents=[uses],
                        description="Print the text of token ids given as arguments or on stdin (separated by "
                        "spaces or commas).")
-    d.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
     d.add_argument("ids", nargs="*", help="token ids (default: stdin)")
     d.set_defaults(func=_cmd_decode)
 
-    s = sub.add_parser("stats", help="compression (bytes/token, chars/token) per corpus",
+    s = sub.add_parser("stats", help="compression (bytes/token, chars/token) per corpus", parents=[uses],
                        description="Print bytes/token and chars/token of the tokenizer on each corpus.")
-    s.add_argument("--tokenizer", required=True, metavar="PATH", help="tokenizer.json")
-    s.add_argument("--input", nargs="+", action="extend", metavar="PATH", help=sources_help)
-    s.add_argument("--max-chars", type=int, default=2_000_000, metavar="N",
-                   help="text measured per corpus (default: %(default)s)")
     s.set_defaults(func=_cmd_stats)
+    for q, max_chars, what in [(t, 20_000_000, "cap on training text, shared evenly by the inputs"),
+                               (s, 2_000_000, "text measured per corpus")]:
+        q.add_argument("--input", nargs="+", action="extend", metavar="PATH",
+                       help="a .txt/.md/.jsonl/.parquet file, a directory of them, or builtin:shakespeare, "
+                       "builtin:kjv, builtin:chatterbot (repeatable; default: the three builtin corpora)")
+        q.add_argument("--max-chars", type=int, default=max_chars, metavar="N", help=f"{what} (default: %(default)s)")

@@ -1,10 +1,12 @@
-"""The one training loop every stage shares (pretraining, and later SFT / reward model / fine-tuning).
+"""The one training loop every stage shares (pretraining, SFT, reward model, PPO, GPT-1 fine-tuning).
 
-A stage supplies a `TrainTask`: how to get a batch for (step, micro step, rank), how to compute
-the loss, and how to evaluate / sample. The loop supplies everything else: AdamW with decay on
-matrices only, linear warmup then cosine decay to `min_lr_ratio`, gradient accumulation to a
-target batch size in tokens, clipping, mixed precision, optional torch.compile, DDP under torchrun,
-metrics JSONL, a progress bar with tokens/s and MFU, atomic checkpoints and exact resume.
+A stage supplies a `TrainTask`: the micro batch of (step, micro step, rank) with the size of each loss
+term and the tokens it computes, and the loss terms as sums. The loop supplies everything else: all
+normalisation (each term divided by its count over the global batch, across accumulation and ranks),
+AdamW with decay on matrices only, linear warmup then cosine decay to `min_lr_ratio`, gradient
+accumulation to a target batch size in tokens, clipping, mixed precision (loss scaling for fp16),
+optional torch.compile, DDP under torchrun, metrics JSONL, a progress bar with true tokens/s and
+MFU, atomic checkpoints and exact resume.
 """
 
 from __future__ import annotations
@@ -16,16 +18,27 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt_lib
-from .model import optimizer_groups
-from .runtime import DistInfo, all_reduce_mean, autocast, init_distributed, measure_peak_flops, pick_dtype
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_trainer_state,
+    load_weights,
+    prune_checkpoints,
+    read_meta,
+    resolve_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
+from .io import complete_lines
+from .model import GPT, optimizer_groups
+from .runtime import all_reduce_sum, autocast, init_distributed, measure_peak_flops, pick_dtype
 
 
 @dataclass
@@ -53,19 +66,62 @@ class TrainConfig:
     progress: bool = True
 
 
-class TrainTask(Protocol):
-    """What a stage plugs into the loop."""
+@dataclass
+class Batch:
+    """One micro batch as the loop sees it.
 
-    tokens_per_row: int  # for tokens/s and batch-size arithmetic
+    `counts` gives, for each loss term the task returns, how many items (targets, pairs, examples) its sum runs
+    over in this micro batch: the loop divides every term by its count over the whole global batch (all micro
+    steps, all ranks), so the gradient is the same however the batch is split. `tokens` is the number of
+    positions the forward pass computes (rows x padded width), for tokens/s and MFU; `width` the padded width.
+    """
+
+    tensors: tuple[torch.Tensor, ...]
+    counts: dict[str, float]
+    tokens: int
+    width: int
+
+
+class TrainTask:
+    """What a stage plugs into the loop. `get_batch` and `loss` are required; the rest have defaults."""
+
+    tokens_per_row: int = 0  # nominal tokens per row, for train.batch_tokens arithmetic
 
     def get_batch(self, step: int, micro_step: int, micro_batch_size: int, grad_accum: int,
-                  rank: int, world_size: int) -> tuple[torch.Tensor, ...]: ...
+                  rank: int, world_size: int) -> Batch:
+        raise NotImplementedError
 
-    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor: ...
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """Each loss term summed over the micro batch (the keys of the batch's `counts`)."""
+        raise NotImplementedError
 
-    def evaluate(self, model: torch.nn.Module, max_batches: int) -> dict[str, float]: ...
+    def grad_accum(self, cfg: TrainConfig, world_size: int) -> int:
+        """Micro steps per optimizer step."""
+        return grad_accum_steps(cfg, self.tokens_per_row, world_size)
 
-    def samples(self, model: torch.nn.Module) -> list[str]: ...
+    def flops(self, model: torch.nn.Module, batch: Batch) -> float:
+        """Training FLOPs of one micro batch (forward + backward) through every GPT inside the model."""
+        return batch.tokens * sum(m.flops_per_token(batch.width) for m in model.modules() if isinstance(m, GPT))
+
+    def metrics(self) -> dict[str, float]:
+        """The stage's own numbers of the last step, logged beside the loss (e.g. PPO's KL)."""
+        return {}
+
+    def evaluate(self, model: torch.nn.Module, max_batches: int) -> dict[str, float]:
+        return {}
+
+    def samples(self, model: torch.nn.Module) -> list[str]:
+        return []
+
+    def finish(self, model: torch.nn.Module) -> None:
+        """Called once after the last optimizer step, before the final checkpoint (e.g. the reward shift)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stage's state beyond the weights that a resumed run needs (e.g. PPO's adaptive KL coefficient)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -113,7 +169,7 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [ln for ln in _complete_lines(path) if json.loads(ln)["step"] <= resume_step]
+            kept = [ln for ln in complete_lines(path) if json.loads(ln)["step"] <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -122,18 +178,151 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def _complete_lines(path: Path) -> list[str]:
-    """Non-empty lines, without a torn last line (no newline yet) that a kill -9 mid-write leaves behind."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return [ln for ln in text.splitlines() if ln.strip()]
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; fused (one kernel for all parameters) on CPU and CUDA."""
     return torch.optim.AdamW(optimizer_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.eps, fused=device.type in ("cuda", "cpu"))
+
+
+class Trainer:
+    """The loop's state and its named steps: `step` (one optimizer step over grad_accum micro batches),
+    `maybe_evaluate`, `maybe_sample`, `maybe_checkpoint`. `train()` runs them for every step."""
+
+    def __init__(self, model: torch.nn.Module, task: TrainTask, cfg: TrainConfig, run_dir: Path,
+                 meta: CheckpointMeta, tokenizer_path: str | Path | None):
+        self.task, self.cfg, self.run_dir, self.meta, self.tokenizer_path = task, cfg, run_dir, meta, tokenizer_path
+        self.info, self.device = init_distributed(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cuda":  # TF32 tensor cores for whatever still runs in fp32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        self.model = model.to(self.device)
+        self.accum = task.grad_accum(cfg, self.info.world_size)
+        self.ckpt_root = run_dir / "checkpoints"
+        self.optimizer = make_optimizer(model, cfg, self.device)
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step_no, self.tokens_seen = 0, 0
+        self.fwd: torch.nn.Module = torch.compile(model) if cfg.compile else model
+        if self.info.enabled:
+            self.fwd = DDP(self.fwd, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.peak = measure_peak_flops(self.device, self.dtype) if self.info.is_main else 0.0
+        self.result = TrainResult(run_dir=run_dir, final_step=0, grad_accum=self.accum)
+
+    # ---- one optimizer step -----------------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        """Gradients of the global batch's loss (each term divided by its global count), clip, AdamW step."""
+        cfg, info, step = self.cfg, self.info, self.step_no
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        batches = [self.task.get_batch(step, m, cfg.micro_batch_size, self.accum, info.rank, info.world_size)
+                   for m in range(self.accum)]
+        terms = sorted({k for b in batches for k in b.counts})
+        totals = all_reduce_sum(torch.tensor([[sum(b.counts.get(k, 0) for b in batches) for k in terms]
+                                              + [sum(b.tokens for b in batches)]], dtype=torch.float64), info,
+                                self.device)[0].tolist()
+        counts, tokens = dict(zip(terms, totals[:-1], strict=True)), int(totals[-1])
+        flops = all_reduce_sum(torch.tensor([sum(self.task.flops(unwrap(self.model), b) for b in batches)],
+                                            dtype=torch.float64), info, self.device).item()
+        parts = torch.zeros(len(terms), dtype=torch.float64)
+        for m, b in enumerate(batches):
+            tensors = tuple(t.to(self.device, non_blocking=True) for t in b.tensors)
+            # DDP all-reduces (averages) gradients on the last micro step only; x world_size undoes its mean
+            sync = nullcontext() if (not info.enabled or m == self.accum - 1) else self.fwd.no_sync()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    sums = self.task.loss(self.fwd, tensors)
+                scaled = torch.stack([sums[k].float() / max(counts[k], 1.0) for k in terms])
+                self.scaler.scale(scaled.sum() * info.world_size).backward()
+            parts += scaled.detach().double().cpu()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = all_reduce_sum(parts[None], info, self.device)[0]
+        self.step_no += 1
+        self.tokens_seen += tokens
+        row = {"step": self.step_no, "loss": parts.sum().item(), "lr": lr, "grad_norm": grad_norm,
+               "tokens": self.tokens_seen}
+        if len(terms) > 1:
+            row.update({f"loss/{k}": v.item() for k, v in zip(terms, parts, strict=True)})
+        return {**row, "_tokens": tokens, "_flops": flops}
+
+    # ---- the maybe-steps ------------------------------------------------------------------------------
+    def _due(self, every: int) -> bool:
+        return self.step_no == self.cfg.max_steps or bool(every and self.step_no % every == 0)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with autocast(self.device, self.dtype):
+            out = self.task.evaluate(self.model, self.cfg.eval_batches)
+        self.model.train()
+        return {k: all_reduce_sum(torch.tensor([v], dtype=torch.float64), self.info, self.device).item()
+                / self.info.world_size for k, v in out.items()}
+
+    def maybe_evaluate(self, log: MetricsLog, bar, on_eval) -> None:
+        if not self._due(self.cfg.eval_every):
+            return
+        ev = self.evaluate()
+        if self.info.is_main:
+            log.write({"step": self.step_no, **ev})
+            self.result.evals.append({"step": self.step_no, **ev})
+            bar.write(f"step {self.step_no}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+            if on_eval:
+                on_eval(self.step_no, ev)
+
+    def maybe_sample(self, log: MetricsLog) -> None:
+        if not (self.info.is_main and self._due(self.cfg.sample_every)):
+            return
+        self.model.eval()
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            texts = self.task.samples(self.model)
+        self.model.train()
+        for text in texts:
+            log.write({"step": self.step_no, "sample": text})
+            self.result.samples.append({"step": self.step_no, "sample": text})
+
+    def maybe_checkpoint(self) -> None:
+        if self.step_no == self.cfg.max_steps:
+            self.task.finish(self.model)
+        elif not self._due(self.cfg.checkpoint_every):
+            return
+        path = self.ckpt_root / f"step_{self.step_no:07d}"
+        if self.info.is_main:
+            state = {"step": self.step_no, "tokens": self.tokens_seen, "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                     "task": self.task.state_dict()}
+            if torch.cuda.is_available():
+                state["rng_cuda"] = torch.cuda.get_rng_state_all()
+            save_checkpoint(path, self.model, self.meta, trainer_state=state, tokenizer_path=self.tokenizer_path)
+            prune_checkpoints(self.ckpt_root, self.cfg.keep_checkpoints)
+        if self.info.enabled:
+            dist.barrier()
+        self.result.checkpoint = path
+
+    def restore(self) -> None:
+        """Weights, optimizer, loss scale, RNG and the task's state from the latest checkpoint, if any."""
+        try:
+            path = resolve_checkpoint(self.ckpt_root)
+        except CheckpointError:
+            return  # nothing saved yet: --resume on a fresh run simply starts
+        self.meta.check_resumes(read_meta(path), path)
+        load_weights(self.model, path)
+        state = load_trainer_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        self.task.load_state_dict(state.get("task") or {})
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.model.to(self.device)
+        self.step_no, self.tokens_seen = int(state["step"]), int(state.get("tokens", 0))
+        self.result.final_step = self.step_no
 
 
 def train(
@@ -141,171 +330,54 @@ def train(
     task: TrainTask,
     cfg: TrainConfig,
     run_dir: str | Path,
-    run_config: dict[str, Any],
+    meta: CheckpointMeta | None = None,
     *,
     tokenizer_path: str | Path | None = None,
     resume: bool = False,
     on_eval: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train `model` on `task` for cfg.max_steps optimizer steps; checkpoints go to run_dir/checkpoints."""
+    """Train `model` on `task` for cfg.max_steps optimizer steps; checkpoints go to run_dir/checkpoints.
+
+    `meta` describes the checkpoints (stage, model config, tokenizer); a resumed run must match it."""
     run_dir = Path(run_dir)
-    info, device = init_distributed(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
-    if device.type == "cuda":  # TF32 tensor cores for whatever still runs in fp32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed)
-    model.to(device)
-    accum = grad_accum_steps(cfg, task.tokens_per_row, info.world_size)
-    ckpt_root = run_dir / "checkpoints"
-
-    optimizer = make_optimizer(ckpt_lib.unwrap(model), cfg, device)
-    start_step = 0
+    t = Trainer(model, task, cfg, run_dir, meta or CheckpointMeta("custom"), tokenizer_path)
     if resume:
-        start_step = _restore(model, optimizer, task, ckpt_root, run_config, device)
-    fwd_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
-    if info.enabled:
-        fwd_model = DDP(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    metrics = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start_step if resume else None)
-    result = TrainResult(run_dir=run_dir, final_step=start_step, grad_accum=accum)
-    flops_per_token = _flops_per_token(model, task.tokens_per_row)
-    peak = measure_peak_flops(device, dtype) if info.is_main else 0.0
-    tokens_per_step = cfg.micro_batch_size * task.tokens_per_row * accum * info.world_size
+        t.restore()
+    start, info, result = t.step_no, t.info, t.result
+    log = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start if resume else None)
     if info.is_main:
-        (run_dir).mkdir(parents=True, exist_ok=True)
-        metrics.write({"step": start_step, "event": "start", "device": str(device), "dtype": str(dtype),
-                       "world_size": info.world_size, "grad_accum": accum, "tokens_per_step": tokens_per_step,
-                       "params": sum(p.numel() for p in ckpt_lib.unwrap(model).parameters())})
-
-    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not (cfg.progress and info.is_main),
+        log.write({"step": start, "event": "start", "device": str(t.device), "dtype": str(t.dtype),
+                   "world_size": info.world_size, "grad_accum": t.accum,
+                   "params": sum(p.numel() for p in unwrap(model).parameters())})
+    bar = tqdm(total=cfg.max_steps, initial=start, disable=not (cfg.progress and info.is_main),
                desc=run_dir.name, dynamic_ncols=True)
-    step_times: list[float] = []
-    if start_step == 0 and cfg.eval_every and cfg.max_steps > 0:  # the curve starts at the untrained model
-        ev = _evaluate(model, task, cfg, device, dtype, info)
+    if start == 0 and cfg.eval_every and cfg.max_steps > 0:  # the curve starts at the untrained model
+        ev = t.evaluate()
         if info.is_main:
-            metrics.write({"step": 0, **ev})
+            log.write({"step": 0, **ev})
             result.evals.append({"step": 0, **ev})
-    for step in range(start_step, cfg.max_steps):
+    timed: list[tuple[float, int, float]] = []  # (seconds, tokens, flops) of each step
+    while t.step_no < cfg.max_steps:
         t0 = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss_sum = 0.0
-        for micro in range(accum):
-            batch = tuple(t.to(device, non_blocking=True) for t in task.get_batch(
-                step, micro, cfg.micro_batch_size, accum, info.rank, info.world_size))
-            # DDP: all-reduce gradients only on the last micro step
-            sync = nullcontext() if (not info.enabled or micro == accum - 1) else fwd_model.no_sync()
-            with sync:
-                with autocast(device, dtype):
-                    loss = task.loss(fwd_model, batch) / accum
-                loss.backward()
-            loss_sum += loss.detach().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_val = all_reduce_mean(loss_sum, info, device)
+        row = t.step()
         dt = time.perf_counter() - t0
-        step_times.append(dt)
-        tok_s = tokens_per_step / dt
-        mfu = flops_per_token * tok_s / (peak * info.world_size) if peak else 0.0
-        result.losses[step + 1] = loss_val
-        result.final_step = step + 1
-        extra = getattr(task, "last_metrics", None) or {}  # a stage's own per-step numbers (e.g. PPO's KL)
-        metrics.write({"step": step + 1, "loss": loss_val, "lr": lr, "grad_norm": grad_norm,
-                       "tokens": (step + 1) * tokens_per_step, "tok_per_s": tok_s, "mfu": mfu, "dt": dt, **extra})
-        bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.1f}%", refresh=False)
+        tokens, flops = row.pop("_tokens"), row.pop("_flops")
+        timed.append((dt, tokens, flops))
+        mfu = flops / dt / (t.peak * info.world_size) if t.peak else 0.0
+        row.update({"tok_per_s": tokens / dt, "mfu": mfu, "dt": dt, **task.metrics()})
+        log.write(row)
+        result.losses[t.step_no], result.final_step = row["loss"], t.step_no
+        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{tokens / dt:,.0f}", mfu=f"{100 * mfu:.1f}%",
+                        refresh=False)
         bar.update(1)
-        last = step + 1 == cfg.max_steps
-        if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-            ev = _evaluate(model, task, cfg, device, dtype, info)
-            if info.is_main:
-                metrics.write({"step": step + 1, **ev})
-                result.evals.append({"step": step + 1, **ev})
-                bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
-                if on_eval:
-                    on_eval(step + 1, ev)
-        if info.is_main and (last or (cfg.sample_every and (step + 1) % cfg.sample_every == 0)):
-            texts = _samples(model, task, device, dtype)
-            for text in texts:
-                metrics.write({"step": step + 1, "sample": text})
-                result.samples.append({"step": step + 1, "sample": text})
-        if last or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
-            result.checkpoint = _save(model, optimizer, task, ckpt_root, step + 1, run_config, tokenizer_path, info,
-                                      cfg)
+        t.maybe_evaluate(log, bar, on_eval)
+        t.maybe_sample(log)
+        t.maybe_checkpoint()
     bar.close()
-    # median step time, skipping the first (warm-up, compilation) steps
-    steady = sorted(step_times[min(len(step_times) - 1, 3):]) if step_times else []
+    # medians over the steady steps, skipping the first (warm-up, compilation) steps
+    steady = sorted(timed[min(len(timed) - 1, 3):], key=lambda x: x[1] / x[0]) if timed else []
     if steady:
-        result.tokens_per_s = tokens_per_step / steady[len(steady) // 2]
-        result.mfu = flops_per_token * result.tokens_per_s / (peak * info.world_size) if peak else 0.0
+        dt, tokens, flops = steady[len(steady) // 2]
+        result.tokens_per_s = tokens / dt
+        result.mfu = flops / dt / (t.peak * info.world_size) if t.peak else 0.0
     return result
-
-
-def _flops_per_token(model: torch.nn.Module, seq_len: int) -> float:
-    m = ckpt_lib.unwrap(model)
-    if hasattr(m, "flops_per_token"):
-        return m.flops_per_token(seq_len)
-    return 6.0 * sum(p.numel() for p in m.parameters())
-
-
-@torch.no_grad()
-def _evaluate(model, task: TrainTask, cfg: TrainConfig, device, dtype, info: DistInfo) -> dict[str, float]:
-    model.eval()
-    with autocast(device, dtype):
-        out = task.evaluate(model, cfg.eval_batches)
-    model.train()
-    return {k: all_reduce_mean(v, info, device) for k, v in out.items()}
-
-
-@torch.no_grad()
-def _samples(model, task: TrainTask, device, dtype) -> list[str]:
-    model.eval()
-    with autocast(device, dtype):
-        texts = task.samples(model)
-    model.train()
-    return texts
-
-
-def _save(model, optimizer, task, ckpt_root: Path, step: int, run_config: dict[str, Any],
-          tokenizer_path, info: DistInfo, cfg: TrainConfig) -> Path:
-    path = ckpt_root / f"step_{step:07d}"
-    if info.is_main:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "rng_cpu": torch.get_rng_state()}
-        if hasattr(task, "state_dict"):  # a stage's own state (e.g. PPO's adaptive KL coefficient)
-            state["task"] = task.state_dict()
-        if torch.cuda.is_available():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        ckpt_lib.save_checkpoint(path, model, run_config, trainer_state=state, tokenizer_path=tokenizer_path)
-        ckpt_lib.prune_checkpoints(ckpt_root, cfg.keep_checkpoints)
-    if info.enabled:
-        dist.barrier()
-    return path
-
-
-def _restore(model, optimizer, task, ckpt_root: Path, run_config: dict[str, Any], device) -> int:
-    """Load weights, optimizer and RNG from the latest checkpoint; returns the step to continue from."""
-    try:
-        path = ckpt_lib.resolve_checkpoint(ckpt_root)
-    except ckpt_lib.CheckpointError:
-        return 0  # nothing saved yet: --resume on a fresh run simply starts
-    saved = ckpt_lib.read_config(path)
-    fp_saved, fp_now = saved.get("tokenizer_fingerprint"), run_config.get("tokenizer_fingerprint")
-    if fp_saved and fp_now and fp_saved != fp_now:
-        raise ckpt_lib.CheckpointError(f"checkpoint {path} was trained with another tokenizer "
-                                       f"(fingerprint {fp_saved[:12]} vs {fp_now[:12]}); start a new run instead")
-    if "model" in run_config:
-        from .model import GPTConfig
-
-        ckpt_lib.check_model_config(saved.get("model", {}), GPTConfig(**run_config["model"]), path)
-    ckpt_lib.load_weights(model, path)
-    state = ckpt_lib.load_trainer_state(path)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"])
-    if "task" in state and hasattr(task, "load_state_dict"):
-        task.load_state_dict(state["task"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    model.to(device)
-    return int(state["step"])

@@ -107,16 +107,14 @@ def assert_left_padding_matches_rows(model, short: int, long: int, new: int) -> 
 
 def save_stage_checkpoint(path, model, tok, stage: str = "sft"):
     """Save `model` (with its tokenizer) as a checkpoint of `stage`, as the stage commands would."""
-    import dataclasses
     from pathlib import Path
 
-    from gptrecipe.checkpoint import save_checkpoint
+    from gptrecipe.checkpoint import CheckpointMeta, save_checkpoint
 
     path = Path(path)
     tok_path = path.parent / "tok.json"
     tok.save(tok_path)
-    return save_checkpoint(path, model, {"stage": stage, "model": dataclasses.asdict(model.config)},
-                           tokenizer_path=tok_path)
+    return save_checkpoint(path, model, CheckpointMeta.of(stage, model.config, tok), tokenizer_path=tok_path)
 
 
 def write_rankings(path, rankings) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gptrecipe.train import Batch, TrainTask
 
-class StreamTask:
+
+class StreamTask(TrainTask):
     """Next-token windows over a fixed stream; the batch is a pure function of (seed, step, rank)."""
 
     def __init__(self, tokens: np.ndarray, block_size: int, seed: int = 0):
@@ -19,17 +21,14 @@ class StreamTask:
         lo = (micro_step * world_size + rank) * micro_batch_size
         rows = np.stack([self.tokens[s: s + self.tokens_per_row + 1] for s in starts[lo: lo + micro_batch_size]])
         t = torch.from_numpy(rows.astype(np.int64))
-        return t[:, :-1], t[:, 1:]
+        return Batch((t[:, :-1], t[:, 1:]), {"lm": t[:, 1:].numel()}, t[:, :-1].numel(), t.size(1) - 1)
 
     def loss(self, model, batch):
-        return model(*batch)[1]
+        return {"lm": model(*batch)[1] * batch[1].numel()}
 
     def evaluate(self, model, max_batches):
-        x, y = self.get_batch(10**6, 0, 4, 1, 0, 1)
+        x, y = self.get_batch(10**6, 0, 4, 1, 0, 1).tensors
         return {"val_loss": model(x, y)[1].item()}
-
-    def samples(self, model):
-        return []
 
 
 def pattern_stream(n: int = 20_000, vocab: int = 257, seed: int = 0) -> np.ndarray:

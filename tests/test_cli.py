@@ -92,3 +92,41 @@ def test_pretrain_under_torchrun_two_processes(tmp_path, corpus):
     rows = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["world_size"] == 2 and [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
     assert (tmp_path / "cli" / "report.md").exists()
+
+
+def test_invalid_model_config_is_a_one_line_error():
+    """GPTConfig's own checks (the attention schedule) fail when the config loads: one line naming the key."""
+    out = subprocess.run([sys.executable, "-m", "gptrecipe", "pretrain", "model.attention=dense,bogus(3)",
+                          "--print-config"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stdout == ""
+    assert len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith("gptrecipe pretrain: error: model.attention: unknown kind 'bogus(3)'")
+
+
+def test_run_passes_each_stage_its_overrides(monkeypatch, tmp_path, capsys):
+    import gptrecipe.pipeline
+
+    jobs = []
+
+    def fake_run(job):
+        jobs.append(job)
+        (tmp_path / "report.md").write_text("# report\n")
+        return tmp_path / "report.md"
+
+    monkeypatch.setattr(gptrecipe.pipeline, "run_pipeline", fake_run)
+    assert main(["run", "--name", "x", "train.max_steps=5", "sft.train.max_steps=3", "--out-dir", str(tmp_path),
+                 "rm.loss=listwise", "ppo.beta=0.1", "eval.max_items=4", "--rank-prompts", "7"]) == 0
+    (job,) = jobs
+    assert (job.name, job.out_dir, job.rank_prompts, job.overrides) == ("x", str(tmp_path), 7, ["train.max_steps=5"])
+    assert (job.sft_overrides, job.rm_overrides, job.ppo_overrides, job.eval_overrides) == (
+        ["train.max_steps=3"], ["loss=listwise"], ["beta=0.1"], ["max_items=4"])
+    assert "# report" in capsys.readouterr().out
+
+
+def test_run_help_names_every_stage(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for words in ("tokenizer", "pretrain", "in-context learning", "SFT", "rank", "reward model", "PPO",
+                  "report.md", "STAGE.KEY=VALUE", "sft.train.max_steps"):
+        assert words in out, words

@@ -67,3 +67,22 @@ def test_invalid_toml_names_the_file(tmp_path):
     p.write_text("x = = 1")
     with pytest.raises(ConfigError, match="bad.toml: invalid TOML"):
         load_toml(p)
+
+
+@dataclass
+class WithModel:
+    model: GPTConfig = field(default_factory=GPTConfig)
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ("model.attention=dense,bogus(3)", r"model.attention: unknown kind 'bogus\(3\)'"),
+    ("model.attention=fixed(8)", r"model.attention: bad entry 'fixed\(8\)'"),
+    ("model.n_head=5", "model.n_embd=768 is not divisible by model.n_head=5"),
+])
+def test_validate_errors_are_config_errors(bad, msg):
+    with pytest.raises(ConfigError, match=msg):
+        apply_overrides(WithModel(), [bad])
+
+
+def test_validation_sees_all_overrides_at_once():
+    assert apply_overrides(WithModel(), ["model.n_embd=64", "model.n_head=4"]).model.n_head == 4

@@ -1,6 +1,8 @@
 """Data layer: readers and their errors, embedded corpora, token shards and cache, the mixture loader."""
 
+import ast
 import json
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -134,6 +136,20 @@ def test_missing_corpus_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(corpora_mod.importlib.metadata, "version", not_found)
     with pytest.raises(DataError, match=r"pip install 'chatterbot-corpus==1.3.3'"):
         list(read_documents("builtin:chatterbot"))
+
+
+def test_data_layer_imports_nothing_above_it():
+    """gptrecipe.data loads without gptrecipe.evaluate or .chat; none of its functions imports our modules."""
+    code = "import json, sys, gptrecipe.data; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       cwd=REPO).stdout)
+    assert "gptrecipe.data.icl" in loaded
+    assert not [m for m in loaded if m.startswith(("gptrecipe.evaluate", "gptrecipe.chat"))]
+    for f in (REPO / "gptrecipe" / "data").glob("*.py"):
+        for fn in (n for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.FunctionDef)):
+            late = [n for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)
+                    and (n.level or (n.module or "").startswith("gptrecipe"))]
+            assert not late, f"{f.name}: {fn.name}() imports a gptrecipe module inside the function"
 
 
 # ---- mixture config ----------------------------------------------------------------------------------------
@@ -359,13 +375,6 @@ def test_val_batches_and_state(tmp_path, byte_tok):
     assert (everything[0][0][1].numpy() == val[16:32]).all()
     with pytest.raises(DataError, match="no corpus named 'nope'"):
         list(loader.val_batches("nope", 4, 3))
-    state = loader.state_dict()
-    assert state == {"seed": 0, "block_size": 16}
-    other = BatchLoader(data, block_size=16, seed=99)
-    other.load_state_dict(state)
-    assert (other.get_batch(2, 0, 4, 1)[0] == loader.get_batch(2, 0, 4, 1)[0]).all()
-    with pytest.raises(DataError, match="block_size 16"):
-        BatchLoader(data, block_size=32).load_state_dict(state)
 
 
 def test_token_shards_views():

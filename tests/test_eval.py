@@ -32,6 +32,7 @@ from gptrecipe.evaluate.prompts import (
     choose_examples,
     fit_prompt,
 )
+from gptrecipe.evaluate.run import load_tasks
 from gptrecipe.evaluate.synthetic import (
     FAMILIES,
     SyntheticConfig,
@@ -40,7 +41,7 @@ from gptrecipe.evaluate.synthetic import (
     synthetic_suite,
     translation_task,
 )
-from gptrecipe.evaluate.tasks import Item, Task, load_task_file, load_tasks
+from gptrecipe.evaluate.tasks import Item, Task, load_task_file
 from gptrecipe.model import GPT
 from tests.conftest import ByteTokenizer, save_stage_checkpoint, tiny_config
 

@@ -18,7 +18,6 @@ from gptrecipe.finetune import (
     HeadTask,
     InputEncoder,
     TaskHeadModel,
-    collate,
     encode_examples,
     finetune,
     label_index,
@@ -100,27 +99,29 @@ def read_rows(tok, task, obj):
 
 
 def test_loss_is_task_loss_plus_lambda_times_lm_loss(small_tok):
-    """L3 = L2 + 0.5 * L1 against a hand computation from the model's own pieces."""
+    """L3 = L2 + 0.5 * L1 against a hand computation from the model's own pieces: the task's sums divided by the
+    batch's counts (what the loop does) are the mean over examples plus 0.5 x the mean over text tokens."""
     torch.manual_seed(0)
-    model = TaskHeadModel(tiny_config(vocab_size=small_tok.vocab_size), "classification", 3, head_dropout=0.0)
     enc = InputEncoder(small_tok, "classification", 64)
     seqs = [enc._seq(small_tok.encode(t)) for t in ("Hello there", "What is AI?", "Tell me a joke.")]
-    batch = collate([[q] for q in seqs], [0, 2, 1], enc.pad)
-    task = HeadTask([([q], 0) for q in seqs], [], enc.pad, 64, lm_coef=0.5, seed=0)
-    got = task.loss(model, batch)
-    ids, lengths, _, labels = batch
-    h = model.gpt.hidden_states(ids)
-    l2 = F.cross_entropy(model.head(h[torch.arange(3), lengths - 1]), labels)
-    targets = torch.full_like(ids, IGNORE_INDEX)[:, 1:]
-    for i, q in enumerate(seqs):
-        targets[i, : len(q) - 1] = torch.tensor(q[1:])
-    l1 = model.gpt(ids[:, :-1], targets)[1]  # includes predicting the extract token: model.ignore is empty here
-    assert got.item() == pytest.approx((l2 + 0.5 * l1).item(), rel=1e-5)
-    assert task.last_metrics["task_loss"] == pytest.approx(l2.item(), rel=1e-5)
-    model.ignore = [enc.extract]  # the stage leaves delimiter / extract out of L1
-    targets[targets == enc.extract] = IGNORE_INDEX
-    assert task.loss(model, batch).item() == pytest.approx((l2 + 0.5 * model.gpt(ids[:, :-1], targets)[1]).item(),
-                                                           rel=1e-5)
+    for ignore in [(), (enc.extract,)]:  # the stage leaves delimiter / extract out of L1
+        model = TaskHeadModel(tiny_config(vocab_size=small_tok.vocab_size), "classification", 3, head_dropout=0.0,
+                              ignore=ignore)
+        task = HeadTask([([q], i) for i, q in enumerate(seqs)], [], enc.pad, 64, lm_coef=0.5, seed=0, ignore=ignore)
+        batch = task.get_batch(0, 0, 3, 1, 0, 1)
+        terms = task.loss(model, batch.tensors)
+        got = sum(terms[k] / batch.counts[k] for k in terms)
+        ids, lengths, _, labels = batch.tensors
+        h = model.gpt.hidden_states(ids)
+        l2 = F.cross_entropy(model.head(h[torch.arange(3), lengths - 1]), labels)
+        targets = torch.full_like(ids, IGNORE_INDEX)[:, 1:]
+        for i, n in enumerate(lengths.tolist()):
+            targets[i, : n - 1] = ids[i, 1:n]
+        for t in ignore:
+            targets[targets == t] = IGNORE_INDEX
+        l1 = model.gpt(ids[:, :-1], targets)[1]
+        assert got.item() == pytest.approx((l2 + 0.5 * l1).item(), rel=1e-5)
+        assert batch.counts["lm"] == int((targets != IGNORE_INDEX).sum()) and batch.counts["task"] == 3
 
 
 @pytest.mark.parametrize("task,steps", [("classification", 40), ("entailment", 60), ("similarity", 60),
@@ -134,8 +135,9 @@ def test_each_task_type_learns_a_separable_toy_task(task, steps, base_ckpt, tmp_
                                                               device="cpu", progress=False, dtype="fp32"))
     result = finetune(cfg, log=lambda *a: None)
     assert result.evals[-1]["val_accuracy"] > 0.9, result.evals
-    model, tok, meta = load_finetuned(cfg.run_dir)
-    assert meta["task"] == task and (tmp_path / task / "report.md").exists()
+    model, tok, extras = load_finetuned(cfg.run_dir)
+    assert extras["task"] == task and model.ignore == [tok.id_of(DELIM), tok.id_of(EXTRACT)]
+    assert (tmp_path / task / "report.md").exists()
     assert score_file(str(cfg.run_dir), val_file) == pytest.approx(result.evals[-1]["val_accuracy"])
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptrecipe.model import ATTENTION_KINDS, GPT, IGNORE_INDEX, GPTConfig
+from gptrecipe.model import ATTENTION_KINDS, GPT, IGNORE_INDEX, GPTConfig, KVCache, optimizer_groups
 from tests.conftest import assert_left_padding_matches_rows, tiny_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -107,6 +107,36 @@ def test_left_padded_batch_matches_each_row_alone(tiny_model):
     assert_left_padding_matches_rows(tiny_model, short=5, long=12, new=3)
 
 
+def test_kv_cache_select_trim_merge_and_grow_match_each_row_alone(tiny_model):
+    """Rows moved between left-padded caches (trimmed, merged right-aligned, grown) compute what they would alone."""
+    torch.manual_seed(3)
+    m = tiny_model
+    p = [torch.randint(0, 257, (n,)) for n in (4, 9, 12, 3)]
+
+    def prefill(rows: list[torch.Tensor]) -> KVCache:
+        width = max(len(r) for r in rows)
+        ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+        cache = m.new_cache(len(rows), max_len=width, pad=torch.tensor([width - len(r) for r in rows]))
+        m(ids, cache=cache)
+        return cache
+
+    sub = prefill([p[2], p[3]]).select(torch.tensor([1]), trim=True)  # the 3-token row; its 9 pad columns go
+    assert (sub.length, sub.pad.tolist()) == (3, [0])
+    cache = KVCache.merge([prefill([p[0], p[1]]), sub])  # right-aligned at the longest (9)
+    assert (cache.length, cache.pad.tolist(), cache.room) == (9, [5, 0, 6], 0)
+    cache = cache.grow(20)
+    assert cache.room == 11
+    nxt = torch.randint(0, 257, (3, 7))
+    steps = [m(nxt[:, i:i + 1], cache=cache)[0] for i in range(5)]
+    cache = cache.select(torch.tensor([0, 2]), trim=True)  # the unpadded row leaves: 5 columns are padding in both
+    assert (cache.length, cache.pad.tolist(), cache.room) == (14 - 5, [0, 1], 20 - 14)
+    first, later = torch.cat(steps, 1), torch.cat([m(nxt[[0, 2], i:i + 1], cache=cache)[0] for i in (5, 6)], 1)
+    got = [torch.cat([first[0], later[0]]), first[1], torch.cat([first[2], later[1]])]
+    for r, prompt in enumerate((p[0], p[1], p[3])):
+        alone = m(torch.cat([prompt, nxt[r]])[None])[0][0, len(prompt):]
+        torch.testing.assert_close(got[r], alone[: len(got[r])], rtol=0, atol=1e-5)
+
+
 def test_context_overflow_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="longer than the model's context"):
         tiny_model(torch.zeros(1, 65, dtype=torch.long))
@@ -135,7 +165,7 @@ def test_attention_matches_explicit_softmax_formula(tiny_model):
 
 
 def test_optimizer_groups_decay_only_matrices(tiny_model):
-    decay, no_decay = tiny_model.optimizer_groups(0.1)
+    decay, no_decay = optimizer_groups(tiny_model, 0.1)
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert n == tiny_model.num_params()

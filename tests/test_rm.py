@@ -86,7 +86,7 @@ def test_rm_learns_a_separable_preference(small_tok, tmp_path):
     task = RankingTask(toy_rankings(200), toy_rankings(30, seed=1), RewardEncoder(small_tok, 64), "pairwise", 0)
     cfg = TrainConfig(max_steps=60, micro_batch_size=8, lr=3e-3, warmup_steps=5, eval_every=30, checkpoint_every=0,
                       device="cpu", progress=False, dtype="fp32")
-    res = train(model, task, cfg, tmp_path, {})
+    res = train(model, task, cfg, tmp_path)
     assert res.evals[0]["val_accuracy"] < 0.8 and res.evals[-1]["val_accuracy"] > 0.9
 
 
@@ -101,7 +101,7 @@ def test_train_reward_model_end_to_end_and_mean_zero(small_tok, tmp_path):
                                      checkpoint_every=20, device="cpu", progress=False, dtype="fp32"))
     res = train_reward_model(cfg, log=lambda *a: None)
     assert res.evals[-1]["val_accuracy"] > 0.9
-    model, tok, enc = load_reward_model(tmp_path / "rm")
+    model, enc = load_reward_model(tmp_path / "rm")
     rs = toy_rankings(60)
     order = np.random.default_rng(1337).permutation(60)
     train_set = [rs[i] for i in order[6:]]

@@ -5,10 +5,12 @@ import torch
 
 from gptrecipe.sample import (
     PromptTooLongError,
+    RowDecoder,
     SamplingConfig,
     filter_logits,
     generate,
     generate_ids,
+    generate_rows,
     stream_to_terminal,
 )
 
@@ -75,6 +77,40 @@ def test_stop_token_and_stop_string(tiny_model, byte_tok):
         (s,) = generate(tiny_model, byte_tok, ["q"], SamplingConfig(max_new_tokens=15, temperature=0, stop=[stop]),
                         stop_ids=[])
         assert s.finish_reason == "stop" and stop not in s.text and free.text.startswith(s.text)
+
+
+def test_row_decoder_never_streams_part_of_a_stop_string(byte_tok):
+    row = RowDecoder(byte_tok, budget=20, stop_ids=[byte_tok.eot_id], stop=["\n\n"])
+    assert [row.accept(t) for t in byte_tok.encode("ab\n")] == ["a", "b", ""]  # "\n" may become "\n\n"
+    assert row.finish is None
+    assert row.accept(ord("\n")) == "" and (row.finish, row.cut, row.stop_token) == ("stop", True, False)
+    assert row.text == "ab" and row.tokens == byte_tok.encode("ab\n\n")
+    row = RowDecoder(byte_tok, budget=5, stop=["\n\n"])
+    assert [row.accept(t) for t in byte_tok.encode("a\nc")] == ["a", "", "\nc"]  # not a stop string after all
+    assert [row.accept(t) for t in "é".encode()] == ["", "é"]  # a multi-byte character waits for its last byte
+    assert row.finish == "length" and row.text == "a\ncé" and not row.cut
+
+
+def test_row_decoder_stop_token_and_budget_release_held_text(byte_tok):
+    row = RowDecoder(byte_tok, budget=10, stop_ids=[byte_tok.eot_id], stop=["\n\n"])
+    assert [row.accept(t) for t in [ord("x"), ord("\n"), byte_tok.eot_id]] == ["x", "", "\n"]
+    assert (row.finish, row.stop_token, row.tokens, row.text) == ("stop", True, [ord("x"), ord("\n")], "x\n")
+    row = RowDecoder(byte_tok, budget=2, stop=["\n\n"])
+    assert [row.accept(t) for t in byte_tok.encode("x\n")] == ["x", "\n"] and row.finish == "length"
+    row = RowDecoder(None, budget=3, stop_ids=[7])  # tokens only (PPO rollouts)
+    assert [row.accept(t) for t in (1, 2, 3)] == ["", "", ""] and row.tokens == [1, 2, 3] and row.finish == "length"
+
+
+def test_generate_rows_keeps_the_raw_tokens_and_whether_a_stop_token_ended_the_row(tiny_model):
+    cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=5)
+    prompts = [[5, 17], [99, 3, 4, 8], [42]]
+    raw = [[int(t[i]) for t, _ in generate_ids(tiny_model, prompts, cfg)] for i in range(3)]
+    stop = raw[0][4]
+    rows = generate_rows(tiny_model, prompts, cfg, stop_ids=[stop])
+    for r, seq in zip(rows, raw, strict=True):
+        n = seq.index(stop) if stop in seq else len(seq)
+        assert r.tokens == seq[:n] and r.stop_token == (stop in seq)
+        assert r.finish == ("stop" if stop in seq else "length")
 
 
 def test_prompt_longer_than_context_is_rejected(tiny_model):

@@ -319,3 +319,79 @@ def test_base_model_serves_completions_not_chat(tmp_path, small_tok):
         status, body = http(server.url + "/v1/feedback", {"messages": [{"role": "user", "content": "x"}],
                                                            "chosen": "a", "rejected": "b"})
         assert status == 400 and body["error"]["code"] == "feedback_off"
+
+
+# per POST route: a body it serves, and one it cannot serve (400)
+SERVABLE = {"/v1/completions": {"prompt": "Hi", "max_tokens": 1},
+            "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+            "/tokenize": {"prompt": "Hi"}, "/detokenize": {"tokens": [1]},
+            "/v1/feedback": {"messages": [{"role": "user", "content": "Hi"}], "chosen": "a", "rejected": "b"}}
+UNSERVABLE = {"/v1/completions": {"prompt": []},
+              "/v1/chat/completions": {"messages": [{"role": "user", "content": "Hello " * 80}]},
+              "/tokenize": {"prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}]},
+              "/detokenize": {"tokens": [10**6]}, "/v1/feedback": {"messages": [{"role": "user", "content": "Hi"}]}}
+
+
+def test_openapi_declares_every_error_each_route_returns(setup):
+    url = setup["server"].url
+    _, schema = http(url + "/openapi.json")
+    assert set(schema["paths"]) == {"/health", "/v1/models", "/v1/models/{model}", "/tokenizer_info", *SERVABLE}
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            route = url + path.replace("{model}", "sft")
+            if method == "get":
+                answers = [http(route), http(url + path.replace("{model}", "gpt-4"), key=KEY)]
+            else:  # feedback is never recorded: every one of these fails before
+                ok = SERVABLE[path]
+                answers = [http(route, ok), http(route, {**ok, "model": "gpt-4"}, key=KEY),
+                           http(route, UNSERVABLE[path], key=KEY), http(route, b"{", key=KEY),
+                           http(route, {**ok, "pad": "x" * 200_000}, key=KEY)]
+            errors = {status: body for status, body in answers if status >= 400}
+            assert set(errors) <= {int(c) for c in op["responses"]}, (method, path, set(errors))
+            assert method == "get" or set(errors) == {400, 401, 404, 413, 422}, (path, set(errors))
+            for body in errors.values():
+                assert set(body["error"]) == {"message", "type", "param", "code"}
+            for code, resp in op["responses"].items():
+                if int(code) >= 400:
+                    assert resp["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def _number_edges(prop: dict) -> list[tuple[float, float]]:
+    """(the last value the schema allows, the first it does not) at each bound of a numeric property."""
+    nodes = [prop, *prop.get("anyOf", [])]
+    integer = any(n.get("type") == "integer" for n in nodes)
+    steps = {"minimum": (0, -1), "maximum": (0, 1), "exclusiveMinimum": (1, 0), "exclusiveMaximum": (-1, 0)}
+    edges = []
+    for n in nodes:
+        for key, (inside, outside) in steps.items():
+            if key in n:
+                v = int(n[key]) if integer else n[key]
+                edges.append((v + inside, v + outside))
+    return edges
+
+
+def test_schema_valid_edges_are_served_and_invalid_ones_are_4xx(setup):
+    url, vocab = setup["server"].url, setup["tok"].vocab_size
+    _, schema = http(url + "/openapi.json")
+    components, checked = schema["components"]["schemas"], set()
+    for path, name in (("/v1/completions", "CompletionRequest"), ("/v1/chat/completions", "ChatRequest")):
+        for field, prop in components[name]["properties"].items():
+            for inside, outside in _number_edges(prop):
+                status, body = http(url + path, {**SERVABLE[path], field: inside}, key=KEY)
+                assert status == 200, (path, field, inside, body)
+                status, body = http(url + path, {**SERVABLE[path], field: outside}, key=KEY)
+                assert 400 <= status < 500, (path, field, outside, status, body)
+                checked.add(field)
+    assert {"n", "temperature", "top_p", "top_k", "seed", "logprobs", "max_tokens", "max_completion_tokens",
+            "top_logprobs"} <= checked
+    ids = components["CompletionRequest"]["properties"]["prompt"]["anyOf"][1]
+    assert (ids["items"]["maximum"], ids["maxItems"]) == (vocab - 1, 64)
+    for prompt, want in (([vocab - 1] * 64, 200), ([[0], [vocab - 1]], 200), (["", "Hi"], 200), ([vocab], 400),
+                         ([0] * 65, 400), ([[]], 400), ([], 400), (["Hi"] * 129, 400)):
+        status, body = http(url + "/v1/completions", {"prompt": prompt, "max_tokens": 1}, key=KEY)
+        assert status == want, (prompt[:3], status, body)
+    assert components["DetokenizeRequest"]["properties"]["tokens"]["items"]["maximum"] == vocab - 1
+    assert http(url + "/detokenize", {"tokens": [0, vocab - 1]}, key=KEY)[0] == 200
+    for body, want in (({"messages": [{"role": "user", "content": "Hi"}]}, 200), ({"prompt": ""}, 200),
+                       ({"prompt": "Hi", "messages": None}, 200), ({}, 400), ({"prompt": None}, 400)):
+        assert http(url + "/tokenize", body, key=KEY)[0] == want, body

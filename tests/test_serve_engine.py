@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 
 import pytest
 import torch
@@ -116,3 +118,21 @@ def test_a_failing_forward_pass_fails_its_requests_and_the_engine_goes_on(model,
         assert bad.finish_reason == "error" and "simulated out of memory" in bad.error
         good = engine.complete([[5, 6, 7]], GenParams(max_tokens=20, temperature=0))[0]
         assert good.finish_reason == "length" and len(good.tokens) == 20
+
+
+def test_a_failing_sink_cancels_its_request_with_a_warning(model, small_tok, caplog):
+    def gone(ev: Event) -> None:
+        raise RuntimeError("the listener is gone")
+
+    caplog.set_level(logging.WARNING, logger="gptrecipe.serve.engine")
+    with Engine(model, small_tok, stop_ids=[]) as engine:
+        rid = engine.submit([[5, 6, 7]], GenParams(max_tokens=200, temperature=0), gone)
+        deadline = time.monotonic() + 30
+        while engine.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.running == 0 and engine.stats.tokens < 200  # cancelled: it stopped before its budget
+        good = engine.complete([[5, 6, 7]], GenParams(max_tokens=3, temperature=0))[0]  # the engine goes on
+    assert good.finish_reason == "length"
+    (rec,) = [r for r in caplog.records if "sink" in r.getMessage()]
+    assert rec.levelno == logging.WARNING and f"request {rid}" in rec.getMessage()
+    assert "the listener is gone" in rec.getMessage()

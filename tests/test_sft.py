@@ -8,7 +8,7 @@ from gptrecipe.data.readers import DataError
 from gptrecipe.model import GPT, IGNORE_INDEX
 from gptrecipe.sft import MaskedLMTask, pack, render_all
 from gptrecipe.train import TrainConfig, train
-from tests.conftest import assert_resume_is_exact, tiny_config
+from tests.conftest import assert_resume_is_exact, save_stage_checkpoint, tiny_config
 
 CONV = [Message("system", "Be kind."), Message("user", "Hello!"), Message("assistant", "Hi, how are you?"),
         Message("user", "Fine.")]
@@ -57,19 +57,20 @@ def test_user_tokens_do_not_contribute(small_tok):
     model = GPT(tiny_config(vocab_size=small_tok.vocab_size))
     a, _ = make_task(small_tok, [CONV])
     b, _ = make_task(small_tok, [CONV[:-1] + [Message("user", "Something else entirely, why?")]])
-    xa, ya, na = a.get_batch(0, 0, 1, 1, 0, 1)
-    xb, yb, nb = b.get_batch(0, 0, 1, 1, 0, 1)
-    assert not torch.equal(xa, xb) and torch.equal(na, nb)
-    la, lb = a.loss(model, (xa, ya, na)), b.loss(model, (xb, yb, nb))
+    ba, bb = a.get_batch(0, 0, 1, 1, 0, 1), b.get_batch(0, 0, 1, 1, 0, 1)
+    (xa, ya), (xb, yb) = ba.tensors, bb.tensors
+    assert not torch.equal(xa, xb) and ba.counts == bb.counts
+    la, lb = a.loss(model, (xa, ya))["lm"], b.loss(model, (xb, yb))["lm"]
     torch.testing.assert_close(la, lb, rtol=0, atol=1e-6)
     ga = torch.autograd.grad(la, model.wte.weight)[0]
-    gb = torch.autograd.grad(b.loss(model, (xb, yb, nb)), model.wte.weight)[0]
+    gb = torch.autograd.grad(b.loss(model, (xb, yb))["lm"], model.wte.weight)[0]
     torch.testing.assert_close(ga, gb, rtol=0, atol=1e-6)
-    # and the loss is the mean CE over exactly the assistant tokens
+    # and the loss is the CE summed over exactly the assistant tokens, whose count the batch carries
     logits, _ = model(xa)
     keep = ya != IGNORE_INDEX
-    ref = torch.nn.functional.cross_entropy(logits[keep], ya[keep])
-    torch.testing.assert_close(la, ref, rtol=1e-5, atol=1e-6)
+    ref = torch.nn.functional.cross_entropy(logits[keep], ya[keep], reduction="sum")
+    torch.testing.assert_close(la, ref, rtol=1e-5, atol=1e-5)
+    assert ba.counts == {"lm": int(keep.sum())} and ba.tokens == xa.numel()
 
 
 def test_overlong_conversations_are_cut_or_dropped_never_nan(small_tok):
@@ -78,8 +79,8 @@ def test_overlong_conversations_are_cut_or_dropped_never_nan(small_tok):
     task, dropped = make_task(small_tok, [long_user, ok, CONV])
     assert dropped == 1 and len(task.rows) == 2 and task.rows[0].truncated
     torch.manual_seed(0)
-    loss = task.loss(GPT(tiny_config(vocab_size=small_tok.vocab_size)), task.get_batch(0, 0, 4, 1, 0, 1))
-    assert torch.isfinite(loss)
+    loss = task.loss(GPT(tiny_config(vocab_size=small_tok.vocab_size)), task.get_batch(0, 0, 4, 1, 0, 1).tensors)
+    assert torch.isfinite(loss["lm"])
     with pytest.raises(DataError, match="no training conversation"):
         make_task(small_tok, [long_user])
 
@@ -100,22 +101,18 @@ def test_sft_learns(small_tok, tmp_path):
     model = GPT(tiny_config(vocab_size=small_tok.vocab_size))
     cfg = TrainConfig(max_steps=40, micro_batch_size=8, lr=1e-2, warmup_steps=5, eval_every=20, checkpoint_every=0,
                       device="cpu", progress=False, dtype="fp32")
-    res = train(model, task, cfg, tmp_path, {})
+    res = train(model, task, cfg, tmp_path)
     assert res.evals[0]["val_loss"] > 2 * res.evals[-1]["val_loss"] and res.evals[-1]["val_loss"] < 1.0
 
 
 def test_sft_stage_resume_is_exact(small_tok, tmp_path):
-    import dataclasses as dc
     import json as js
 
-    from gptrecipe.checkpoint import save_checkpoint
     from gptrecipe.sft import SFTConfig, sft
 
     torch.manual_seed(0)
     base = GPT(tiny_config(vocab_size=small_tok.vocab_size, dropout=0.1))
-    small_tok.save(tmp_path / "tok.json")
-    save_checkpoint(tmp_path / "base", base, {"stage": "pretrain", "model": dc.asdict(base.config)},
-                    tokenizer_path=tmp_path / "tok.json")
+    save_stage_checkpoint(tmp_path / "base", base, small_tok, stage="pretrain")
     data = tmp_path / "chats.jsonl"
     data.write_text("".join(js.dumps({"prompt": f"Hello {i}!", "response": "Hi, how are you?"}) + "\n"
                             for i in range(40)))
@@ -127,3 +124,32 @@ def test_sft_stage_resume_is_exact(small_tok, tmp_path):
                          sample_prompts=["Hello"])
 
     assert_resume_is_exact(lambda name, resume: sft(cfg(name), resume=resume, log=lambda *a: None), tmp_path)
+
+
+def test_tokens_per_second_and_mfu_count_the_padded_batch(small_tok, tmp_path):
+    """Rows padded to each batch's longest: tokens/s and MFU count the positions computed (B x width), not
+    block_size per row."""
+    import json as js
+
+    from gptrecipe.runtime import measure_peak_flops
+
+    convs = [[Message("user", "Hi " * (1 + i % 7)), Message("assistant", "Hello " * (1 + i % 5))] for i in range(40)]
+    task, _ = make_task(small_tok, convs, block=64)
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=small_tok.vocab_size))
+    cfg = TrainConfig(max_steps=4, micro_batch_size=4, batch_tokens=2 * 4 * 64, lr=1e-3, warmup_steps=0,
+                      eval_every=0, checkpoint_every=0, device="cpu", progress=False, dtype="fp32")
+    train(model, task, cfg, tmp_path)
+    rows = [js.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    peak = measure_peak_flops(torch.device("cpu"), torch.float32)
+    seen = 0
+    for r in steps:
+        batches = [task.get_batch(r["step"] - 1, m, 4, 2, 0, 1) for m in range(2)]
+        tokens = sum(b.tensors[0].numel() for b in batches)
+        assert tokens < 2 * 4 * 64  # padded to the batch's longest row, well under the context
+        seen += tokens
+        assert r["tokens"] == seen
+        assert r["tok_per_s"] == pytest.approx(tokens / r["dt"], rel=1e-6)
+        flops = sum(b.tokens * model.flops_per_token(b.width) for b in batches)
+        assert r["mfu"] == pytest.approx(flops / r["dt"] / peak, rel=1e-6)

@@ -1,13 +1,12 @@
 """Sparse attention: patterns against hand-written masks, the blocked implementation against dense attention
 under the explicit pattern mask (outputs and gradients), KV-cache generation, config parsing, checkpoints."""
 
-import dataclasses
 import warnings
 
 import pytest
 import torch
 
-from gptrecipe.checkpoint import CheckpointError, check_model_config, load_model, save_checkpoint
+from gptrecipe.checkpoint import CheckpointError, CheckpointMeta, load_weights, read_meta, save_checkpoint
 from gptrecipe.model import GPT
 from gptrecipe.sparse_attention import (
     Pattern,
@@ -285,11 +284,12 @@ def test_left_padded_batch_matches_each_row_alone(attention):
 
 def test_checkpoint_records_the_pattern_and_refuses_a_mismatch(tmp_path):
     m = _sparse_model("dense,fixed(8,2)").eval()
-    cfg = {"stage": "pretrain", "model": dataclasses.asdict(m.config)}
-    ckpt = save_checkpoint(tmp_path / "ckpt", m, cfg)
-    loaded, saved = load_model(ckpt)
-    assert saved["model"]["attention"] == "dense,fixed(8,2)"
+    ckpt = save_checkpoint(tmp_path / "ckpt", m, CheckpointMeta.of("pretrain", m.config, None))
+    saved = read_meta(ckpt)
+    assert saved.model["attention"] == "dense,fixed(8,2)"
+    loaded = GPT(saved.gpt_config)
+    load_weights(loaded, ckpt)
     x = torch.randint(0, 257, (1, 30))
     torch.testing.assert_close(loaded.eval()(x)[0], m(x)[0], rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="attention: checkpoint 'dense,fixed\\(8,2\\)' vs config 'dense'"):
-        check_model_config(saved["model"], tiny_config(attention="dense"), ckpt)
+        CheckpointMeta.of("pretrain", tiny_config(attention="dense"), None).check_resumes(saved, ckpt)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptrecipe.io import drop_torn_line
 from gptrecipe.model import GPT
-from gptrecipe.rank import drop_torn_line
 from gptrecipe.rm import RMConfig, train_reward_model
 from gptrecipe.train import MetricsLog, TrainConfig
 from tests.conftest import save_stage_checkpoint, tiny_config, write_rankings
@@ -148,15 +148,21 @@ def test_torn_lines_are_dropped(tmp_path):
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
 def test_torchrun_two_processes_match_one_process(stage, inputs, tmp_path):
-    """Same global batch: 2 processes x 1 micro-batch (DDP all-reduce) == 1 process x 2 (accumulation)."""
+    """Same global batch: 2 processes x 1 micro-batch (DDP all-reduce) == 1 process x 2 (accumulation); and only
+    rank 0 writes: every file of the run is written by it, each once where it is written once in one process."""
     from safetensors.torch import load_file
 
-    extra = ["train.max_steps=4", "train.batch_tokens=512", "train.checkpoint_every=4"]
-    run([*stage_command(stage, inputs, tmp_path / "one"), *extra])
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "gptrecipe", *stage_command(stage, inputs, tmp_path / "two"), *extra],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    split = "train.micro_batch_size=2" if stage == "ppo" else "train.batch_tokens=512"  # a PPO minibatch is 4 rows
+    extra = ["train.max_steps=4", split, "train.checkpoint_every=4"]
+    audit = {n: tmp_path / f"audit_{n}" for n in ("one", "two")}
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, launch in [("one", []), ("two", torchrun)]:
+        audit[name].mkdir()
+        proc = subprocess.run([sys.executable, *launch, "-m", "tests.audit_writes",
+                               *stage_command(stage, inputs, tmp_path / name), *extra],
+                              cwd=ROOT, env={**ENV, "AUDIT_DIR": str(audit[name])}, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {}
     for name in ("one", "two"):
         metrics = [json.loads(x) for x in (tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -170,3 +176,13 @@ def test_torchrun_two_processes_match_one_process(stage, inputs, tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-5), k
+
+    def writes(name: str, rank: int) -> list[str]:
+        log = audit[name] / f"rank{rank}.log"
+        run_dir = str(tmp_path / name / "run")
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [x.removeprefix(run_dir) for x in lines if x.startswith(run_dir) and "/." not in x]  # no temp files
+
+    assert writes("two", 1) == []  # rank 1 writes nothing of the run
+    assert sorted(writes("two", 0)) == sorted(writes("one", 0))  # rank 0 writes what one process writes
+    assert writes("two", 0).count("/config.toml") == 1

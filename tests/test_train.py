@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import subprocess
@@ -7,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptrecipe.checkpoint import CheckpointError, load_model, load_trainer_state, resolve_checkpoint
+from gptrecipe.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    load_checkpoint,
+    load_trainer_state,
+    load_weights,
+    resolve_checkpoint,
+)
 from gptrecipe.model import GPT
 from gptrecipe.train import TrainConfig, grad_accum_steps, lr_at, train
 from tests.conftest import tiny_config
@@ -44,7 +52,7 @@ def test_grad_accum_from_batch_tokens():
 
 def test_pretraining_loop_learns(tmp_path):
     model = fresh_model()
-    res = train(model, StreamTask(pattern_stream(), 32), cfg(max_steps=60, eval_every=30, lr=1e-2), tmp_path, {})
+    res = train(model, StreamTask(pattern_stream(), 32), cfg(max_steps=60, eval_every=30, lr=1e-2), tmp_path)
     first, last = res.losses[1], res.losses[60]
     assert first > 5.0 and last < 2.0, (first, last)
     assert res.evals[-1]["val_loss"] < 2.0
@@ -57,8 +65,8 @@ def test_pretraining_loop_learns(tmp_path):
 def test_resume_gives_identical_losses(tmp_path):
     """2N steps straight == N steps, stop, resume for N more (dropout on, so RNG state matters too)."""
     task = StreamTask(pattern_stream(), 32)
-    straight = train(fresh_model(dropout=0.1), task, cfg(max_steps=10), tmp_path / "a", {"model": {}})
-    first = train(fresh_model(dropout=0.1), task, cfg(max_steps=10, checkpoint_every=5), tmp_path / "b", {})
+    straight = train(fresh_model(dropout=0.1), task, cfg(max_steps=10), tmp_path / "a")
+    first = train(fresh_model(dropout=0.1), task, cfg(max_steps=10, checkpoint_every=5), tmp_path / "b")
     assert (tmp_path / "b" / "checkpoints" / "step_0000005").exists()
     # simulate a run killed after step 5: drop the final checkpoint, keep the step-5 one
     ck = tmp_path / "b" / "checkpoints"
@@ -66,7 +74,7 @@ def test_resume_gives_identical_losses(tmp_path):
 
     shutil.rmtree(ck / "step_0000010")
     (ck / "latest").write_text("step_0000005\n")
-    resumed = train(fresh_model(dropout=0.1), task, cfg(max_steps=10, checkpoint_every=5), tmp_path / "b", {},
+    resumed = train(fresh_model(dropout=0.1), task, cfg(max_steps=10, checkpoint_every=5), tmp_path / "b",
                     resume=True)
     assert sorted(resumed.losses) == list(range(6, 11))
     for s in range(6, 11):
@@ -78,45 +86,46 @@ def test_resume_gives_identical_losses(tmp_path):
 
 def test_grad_accumulation_equals_bigger_batch(tmp_path):
     task = StreamTask(pattern_stream(), 32)
-    big = train(fresh_model(), task, cfg(max_steps=5, micro_batch_size=8), tmp_path / "a", {})
-    acc = train(fresh_model(), task, cfg(max_steps=5, micro_batch_size=4, batch_tokens=8 * 32), tmp_path / "b", {})
+    big = train(fresh_model(), task, cfg(max_steps=5, micro_batch_size=8), tmp_path / "a")
+    acc = train(fresh_model(), task, cfg(max_steps=5, micro_batch_size=4, batch_tokens=8 * 32), tmp_path / "b")
     assert acc.grad_accum == 2
     for s in range(1, 6):
         assert acc.losses[s] == pytest.approx(big.losses[s], abs=1e-5)
 
 
-def test_checkpoint_roundtrip_and_state(tmp_path):
-    model = fresh_model()
+def test_checkpoint_roundtrip_and_state(tmp_path, small_tok):
+    byte_tok = small_tok
+    model = fresh_model(vocab_size=small_tok.vocab_size)
+    tok_file = tmp_path / "tok.json"
+    byte_tok.save(tok_file)
     train(model, StreamTask(pattern_stream(), 32), cfg(max_steps=3), tmp_path,
-          {"stage": "test", "model": __import__("dataclasses").asdict(model.config)})
+          CheckpointMeta.of("pretrain", model.config, byte_tok), tokenizer_path=tok_file)
     ck = resolve_checkpoint(tmp_path)
-    loaded, config = load_model(tmp_path)
+    loaded = load_checkpoint(tmp_path)
     x = torch.randint(0, 257, (1, 16))
-    torch.testing.assert_close(loaded(x)[0], model.cpu()(x)[0])
-    assert config["stage"] == "test"
+    torch.testing.assert_close(loaded.model(x)[0], model.cpu()(x)[0])
+    assert loaded.meta.stage == "pretrain" and loaded.meta.model == dataclasses.asdict(model.config)
     state = load_trainer_state(ck)
     assert state["step"] == 3 and "exp_avg" in next(iter(state["optimizer"]["state"].values()))
     assert not list(ck.parent.glob(".*tmp*"))  # nothing half-written left behind
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
-    import dataclasses
-
     m = fresh_model()
-    train(m, StreamTask(pattern_stream(), 32), cfg(max_steps=2), tmp_path, {"model": dataclasses.asdict(m.config)})
+    train(m, StreamTask(pattern_stream(), 32), cfg(max_steps=2), tmp_path, CheckpointMeta.of("t", m.config, None))
     other = fresh_model(n_embd=64)
     with pytest.raises(CheckpointError, match="n_embd: checkpoint 32 vs config 64"):
         train(other, StreamTask(pattern_stream(), 32), cfg(max_steps=4), tmp_path,
-              {"model": dataclasses.asdict(other.config)}, resume=True)
+              CheckpointMeta.of("t", other.config, None), resume=True)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     m = fresh_model()
-    train(m, StreamTask(pattern_stream(), 32), cfg(max_steps=1), tmp_path, {"model": {}})
+    train(m, StreamTask(pattern_stream(), 32), cfg(max_steps=1), tmp_path, CheckpointMeta.of("t", m.config, None))
     ck = resolve_checkpoint(tmp_path)
     (ck / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        load_model(ck)
+        load_weights(m, ck)
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):
@@ -138,16 +147,30 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 def test_resume_refuses_a_checkpoint_of_another_tokenizer(tmp_path):
     task = StreamTask(pattern_stream(), 32)
-    train(fresh_model(), task, cfg(max_steps=2), tmp_path, {"tokenizer_fingerprint": "aaaa"})
+    train(fresh_model(), task, cfg(max_steps=2), tmp_path, CheckpointMeta("t", tokenizer_fingerprint="aaaa"))
     with pytest.raises(CheckpointError, match="another tokenizer"):
-        train(fresh_model(), task, cfg(max_steps=4), tmp_path, {"tokenizer_fingerprint": "bbbb"}, resume=True)
+        train(fresh_model(), task, cfg(max_steps=4), tmp_path, CheckpointMeta("t", tokenizer_fingerprint="bbbb"),
+              resume=True)
 
 
 def test_bf16_autocast_trains(tmp_path):
     """Mixed precision path (bf16 autocast on CPU): finite losses that fall like fp32's."""
     task = StreamTask(pattern_stream(), 32)
-    res = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="bf16"), tmp_path, {})
-    ref = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="fp32"), tmp_path / "ref", {})
+    res = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="bf16"), tmp_path)
+    ref = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="fp32"), tmp_path / "ref")
     assert all(torch.isfinite(torch.tensor(v)) for v in res.losses.values())
     assert res.losses[30] < res.losses[1] - 2.0
     assert abs(res.losses[30] - ref.losses[30]) / ref.losses[30] < 0.05
+
+
+def test_fp16_trains_with_loss_scaling_and_resumes_it(tmp_path):
+    """fp16 autocast goes with a GradScaler: finite losses that fall like fp32's, and the loss scale is part of
+    the checkpoint (a resumed run continues with the scale the straight run had)."""
+    task = StreamTask(pattern_stream(), 32)
+    res = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="fp16", checkpoint_every=15), tmp_path)
+    ref = train(fresh_model(), task, cfg(max_steps=30, lr=1e-2, dtype="fp32"), tmp_path / "ref")
+    assert all(torch.isfinite(torch.tensor(v)) for v in res.losses.values())
+    assert res.losses[30] < res.losses[1] - 2.0
+    assert abs(res.losses[30] - ref.losses[30]) / ref.losses[30] < 0.1  # fp16 rounds each matmul: within 10%
+    state = load_trainer_state(tmp_path / "checkpoints" / "step_0000015")
+    assert state["scaler"]["scale"] > 1.0  # loss scaling was on (GradScaler starts at 2**16 and adapts)

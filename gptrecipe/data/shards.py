@@ -17,7 +17,6 @@ import json
 import math
 import os
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..io import temp_path
 from .corpora import builtin_id
 from .mixture import CorpusConfig, DataConfig
 from .readers import TEXT_SUFFIXES, DataError, read_documents, source_files
@@ -287,7 +287,7 @@ def _tokenize_corpus(corpus: CorpusConfig, cfg: DataConfig, tokenizer, out: Path
     """Tokenize one corpus into `out` (written as a temp dir, renamed when complete)."""
     dtype = token_dtype(tokenizer.vocab_size)
     threads = cfg.num_workers or os.cpu_count() or 1
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = temp_path(out)
     tmp.mkdir(parents=True)
     try:
         train = _ShardWriter(tmp, "train", dtype, cfg.shard_tokens)

@@ -13,12 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint import load_checkpoint
 from ..config import ConfigError, RunConfig, dump_toml, load_config, to_dict
 from ..data import DataConfig
 from ..report import md_table, save_figure, write_markdown
-from .harness import TaskScore, curve, evaluate_tasks
-from .synthetic import SyntheticConfig
-from .tasks import load_tasks
+from ..runtime import pick_device
+from ..tokenizer import Tokenizer
+from .harness import LocalBackend, TaskScore, curve, evaluate_tasks
+from .lm_metrics import corpus_metrics
+from .openai_backend import OpenAIBackend
+from .synthetic import SyntheticConfig, builtin_tasks
+from .tasks import Task, load_task_files
 
 
 @dataclass
@@ -62,9 +67,6 @@ class EvalResult:
 def make_backend(cfg: EvalConfig):
     """A LocalBackend over the checkpoint, or an OpenAIBackend over the endpoint; and the local model (or None)."""
     if cfg.base_url:
-        from ..tokenizer import Tokenizer
-        from .openai_backend import OpenAIBackend
-
         if not cfg.model:
             raise ConfigError("eval: with base_url, set model=<the model name at the endpoint> (--api-model)")
         tok = Tokenizer.from_file(cfg.api_tokenizer) if cfg.api_tokenizer else None
@@ -72,15 +74,20 @@ def make_backend(cfg: EvalConfig):
                              max_tokens=cfg.max_context or None, prefix=cfg.api_prompt_prefix), None, tok
     if not cfg.model:
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
-    from ..checkpoint import load_model, resolve_checkpoint
-    from ..runtime import pick_device
-    from ..tokenizer import Tokenizer
-    from .harness import LocalBackend
+    loaded = load_checkpoint(cfg.model, pick_device(cfg.device), lm=True)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    return LocalBackend(model, tok, batch_size=cfg.batch_size, name=str(loaded.path)), model, tok
 
-    ckpt = resolve_checkpoint(cfg.model)
-    model, _ = load_model(ckpt, pick_device(cfg.device))
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
-    return LocalBackend(model.eval(), tok, batch_size=cfg.batch_size, name=str(ckpt)), model, tok
+
+def load_tasks(spec: str, *, synthetic: SyntheticConfig | None = None) -> list[Task]:
+    """The tasks of one spec: a .jsonl file, a task directory, a suite directory, or builtin:NAME.
+
+    Builtins: `builtin:translate-zh-en` (the seeds' Chinese -> English words) and `builtin:synthetic`
+    (held-out synthetic tasks; `builtin:synthetic/FAMILY` for one family), see synthetic.py.
+    """
+    if spec.startswith("builtin:"):
+        return builtin_tasks(spec.removeprefix("builtin:"), synthetic)
+    return load_task_files(spec)
 
 
 def run_eval(cfg: EvalConfig, *, mixture: DataConfig | None = None, log=print) -> EvalResult:
@@ -97,7 +104,6 @@ def run_eval(cfg: EvalConfig, *, mixture: DataConfig | None = None, log=print) -
     if cfg.corpora or mixture is not None:
         if model is None:
             raise ConfigError("eval: corpus metrics need a local checkpoint (an endpoint gives no full-text logits)")
-        from .lm_metrics import corpus_metrics
 
         corpora = [corpus_metrics(model, tok, src, split=cfg.corpus_split, max_tokens=cfg.corpus_max_tokens,
                                   batch_size=cfg.batch_size, cache_dir=cfg.cache_dir, progress=cfg.progress)

@@ -25,8 +25,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..chat import read_jsonl
-from ..data.readers import DataError
+from ..io import DataError, read_jsonl
 
 HEADER_FIELDS = ("name", "description", "example_format", "separator", "description_separator", "stop")
 ITEM_FIELDS = ("input", "target", "choices", "answer", "split")
@@ -194,16 +193,8 @@ def load_task_dir(path: Path) -> Task:
     return _make_task(path / "test.jsonl", header, train, test)
 
 
-def load_tasks(spec: str, *, synthetic=None) -> list[Task]:
-    """The tasks of one spec: a .jsonl file, a task directory, a suite directory, or builtin:NAME.
-
-    Builtins: `builtin:translate-zh-en` (the seeds' Chinese -> English words) and `builtin:synthetic`
-    (held-out synthetic tasks; `builtin:synthetic/FAMILY` for one family), see synthetic.py.
-    """
-    if spec.startswith("builtin:"):
-        from .synthetic import builtin_tasks
-
-        return builtin_tasks(spec.removeprefix("builtin:"), synthetic)
+def load_task_files(spec: str) -> list[Task]:
+    """The tasks of a .jsonl file, a task directory or a suite directory (builtins: `run.load_tasks`)."""
     path = Path(spec)
     if path.is_file():
         return [load_task_file(path)]
@@ -214,5 +205,5 @@ def load_tasks(spec: str, *, synthetic=None) -> list[Task]:
                          and ((p.is_file() and p.suffix == ".jsonl") or (p.is_dir() and (p / "test.jsonl").is_file())))
         if not members:
             raise DataError(f"{path}: a task directory needs test.jsonl, or .jsonl task files / task directories")
-        return [t for p in members for t in load_tasks(str(p))]
+        return [t for p in members for t in load_task_files(str(p))]
     raise DataError(f"{spec}: no such task file or directory (or builtin:translate-zh-en, builtin:synthetic)")

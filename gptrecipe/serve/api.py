@@ -1,17 +1,18 @@
 """An OpenAI-compatible HTTP server over the engine, and the web chat page.
 
-    GET  /v1/models                  the one model served (with "chat" and "max_model_len")
+    GET  /v1/models, /v1/models/ID   the one model served (with "chat" and "max_model_len")
     POST /v1/chat/completions        chat models (SFT / PPO); `stream` sends server-sent events
     POST /v1/completions             any model; `prompt` as text or token ids (one or a batch); `echo`
                                      with `logprobs` returns every prompt token's log-probability
     GET  /tokenizer_info, POST /tokenize, POST /detokenize     the tokenizer, for lm-evaluation-harness
     POST /v1/feedback                the web chat's thumbs and choices -> rankings JSONL for the reward model
-    GET  /                           the web chat;  GET /openapi.json  the schema
+    GET  /                           the web chat;  GET /openapi.json  the schema;  GET /health
 
 Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 for a request that cannot
 be served (prompt longer than the context, max_tokens over the limit, chat on a base model), 401 without
 the API key, 404 for an unknown model, 413 for a body over the limit, 422 for malformed JSON or
-parameters out of range. Text prompts of /v1/completions read special-token strings ("<|endoftext|>")
+parameters out of range; the schema declares them on each route, and this server's limits (max_tokens,
+token ids, context). Text prompts of /v1/completions read special-token strings ("<|endoftext|>")
 as special tokens, as Hugging Face tokenizers do; chat message contents never do.
 """
 
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -51,6 +52,18 @@ MAX_CHOICES = 128  # prompts x n in one request
 
 StopStr = Annotated[str, StringConstraints(max_length=256)]
 Stop = StopStr | Annotated[list[StopStr], Field(max_length=16)] | None
+
+
+def _checked(schema: dict[str, Any]) -> Any:
+    """Schema keywords of a constraint the handler checks itself (answering 400, as it always has);
+    "x-KEYWORD": NAME becomes KEYWORD: this server's limit NAME (see create_app)."""
+    return Field(json_schema_extra=schema)
+
+
+TokenId = Annotated[int, _checked({"minimum": 0, "x-maximum": "max_token_id"})]
+TokenIds = Annotated[list[TokenId], _checked({"minItems": 1, "x-maxItems": "context"})]
+Batch = _checked({"minItems": 1, "maxItems": MAX_CHOICES})
+MAX_TOKENS = {"x-maximum": "max_tokens_limit"}
 
 
 class APIError(Exception):
@@ -81,17 +94,17 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, ge=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, description="gptrecipe extension: keep the k most likely tokens (0 or -1: off)")
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=16, description=f"choices per prompt; prompts x n at most {MAX_CHOICES}")
     stop: Stop = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # bounds exact as JSON numbers (floats)
     stream: bool = False
     stream_options: StreamOptions | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: (Annotated[str, StringConstraints(max_length=MAX_BODY_BYTES)] | list[int] | list[list[int]]
-             | list[str]) = Field(..., description="text or token ids; a list of either is a batch")
-    max_tokens: int | None = Field(16, ge=0)
+    prompt: (Annotated[str, StringConstraints(max_length=MAX_BODY_BYTES)] | TokenIds | Annotated[list[TokenIds], Batch]
+             | Annotated[list[str], Batch]) = Field(..., description="text or token ids; a list of either is a batch")
+    max_tokens: int | None = Field(16, ge=0, json_schema_extra=MAX_TOKENS)
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
 
@@ -112,13 +125,17 @@ class ChatMessage(_Body):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0, json_schema_extra=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=0, json_schema_extra=MAX_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 class TokenizeRequest(_Body):
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"oneOf": [  # exactly one of them, not null
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}}]})
+
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -128,7 +145,7 @@ class TokenizeRequest(_Body):
 
 class DetokenizeRequest(_Body):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Annotated[int, _checked({"minimum": 0, "x-maximum": "max_tokenizer_id"})]]
 
 
 class FeedbackRequest(_Body):
@@ -143,6 +160,37 @@ class FeedbackRequest(_Body):
     rating: Literal[1, -1] | None = None
     source: str | None = Field(None, max_length=64)  # e.g. "regenerate", "thumbs"
     conversation_id: str | None = Field(None, max_length=128)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error response: OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+ERRORS = {400: "a request this server cannot serve (e.g. a prompt longer than the context, max_tokens over the "
+               "limit, chat on a base model)", 401: "missing or wrong API key", 404: "unknown model",
+          413: "request body over the server's limit", 422: "malformed JSON, or a parameter of the wrong type "
+          "or out of range", 500: "internal error (e.g. generation failed)"}
+
+
+def _fill_limits(node: Any, limits: dict[str, int]) -> None:
+    """In a schema (nested dicts and lists), "x-KEYWORD": NAME becomes KEYWORD: limits[NAME]."""
+    if isinstance(node, list):
+        for v in node:
+            _fill_limits(v, limits)
+    elif isinstance(node, dict):
+        for k in [k for k in node if k.startswith("x-") and node[k] in limits]:
+            node[k[2:]] = limits[node.pop(k)]
+        for v in node.values():
+            _fill_limits(v, limits)
 
 
 # ---- the app ------------------------------------------------------------------------------------------
@@ -216,15 +264,14 @@ class _Server:
         except ValueError as e:
             raise APIError(400, str(e), param=param) from None
 
-    def max_tokens(self, asked: int | None, default: int) -> int:
-        if asked is not None and asked > self.max_tokens_limit:
-            raise APIError(400, f"max_tokens is {asked}, this server's limit is {self.max_tokens_limit}",
+    def params(self, req: _Sampling, max_tokens: int | None, default: int, **kw: Any) -> GenParams:
+        """The engine's parameters for a request that asks for `max_tokens` (None: `default`)."""
+        if max_tokens is not None and max_tokens > self.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {max_tokens}, this server's limit is {self.max_tokens_limit}",
                            param="max_tokens")
-        return min(default if asked is None else asked, self.max_tokens_limit)
-
-    def params(self, req: _Sampling, max_tokens: int, **kw: Any) -> GenParams:
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         seed = None if req.seed is None else req.seed % 2**63
+        max_tokens = min(default if max_tokens is None else max_tokens, self.max_tokens_limit)
         return GenParams(max_tokens=max_tokens, temperature=req.temperature, top_k=max(req.top_k, 0),
                          top_p=req.top_p, stop=stop, seed=seed, **kw)
 
@@ -270,14 +317,12 @@ class _Server:
         if len(prompts) * req.n > MAX_CHOICES:
             raise APIError(400, f"{len(prompts)} prompts x n={req.n} is more than {MAX_CHOICES} choices",
                            param="prompt")
-        echo_lp = req.echo and req.logprobs is not None
-        params = self.params(req, self.max_tokens(req.max_tokens, 16), logprobs=req.logprobs,
-                             prompt_logprobs=echo_lp)
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": rid, "object": "text_completion", "created": created, "model": self.served.name}
+        params = self.params(req, req.max_tokens, 16, logprobs=req.logprobs,
+                             prompt_logprobs=req.echo and req.logprobs is not None)
         prompt_texts = [self.tok.decode(p) for p in prompts]
+        started: set[int] = set()  # the streamed choices that sent their first chunk (with the echo)
 
-        def choice_json(ch: Choice | Event, index: int, text: str, first: bool) -> dict[str, Any]:
+        def choice_json(ch: Choice | Event, index: int, first: bool = True) -> dict[str, Any]:
             lp = None
             if req.logprobs is not None:
                 lps = list(ch.logprobs or [])
@@ -285,31 +330,45 @@ class _Server:
                 if first and req.echo and ch.prompt_logprobs is not None:
                     lps, offset = ch.prompt_logprobs + lps, 0
                 lp = self.completion_logprobs(lps, offset)
+            text = (prompt_texts[index // req.n] if first and req.echo else "") + ch.text
             return {"index": index, "text": text, "logprobs": lp, "finish_reason": ch.finish_reason}
 
-        if req.stream:
-            async def events() -> AsyncIterator[str]:
-                started: set[int] = set()
-                choices = [Choice(i) for i in range(len(prompts) * req.n)]
-                async for ev in self.engine.astream(prompts, params, n=req.n):
-                    choices[ev.choice].add(ev)
-                    _raise_engine_error(ev)
-                    first = ev.choice not in started
-                    started.add(ev.choice)
-                    text = (prompt_texts[ev.choice // req.n] if first and req.echo else "") + ev.text
-                    if text or ev.finish_reason or (req.logprobs is not None and (ev.tokens or ev.prompt_logprobs)):
-                        yield _sse({**head, "choices": [choice_json(ev, ev.choice, text, first)]})
-                if req.stream_options and req.stream_options.include_usage:
-                    yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
-                yield "data: [DONE]\n\n"
+        def part(ev: Event) -> list[dict[str, Any]]:
+            out = choice_json(ev, ev.choice, first=ev.choice not in started)
+            started.add(ev.choice)
+            keep = out["text"] or ev.finish_reason or (req.logprobs is not None and (ev.tokens or ev.prompt_logprobs))
+            return [out] if keep else []
 
-            return _stream(events())
-        choices = await self.engine.acomplete(prompts, params, n=req.n)
-        for ch in choices:
-            _raise_engine_error(ch)
-        out = [choice_json(ch, ch.index, (prompt_texts[ch.index // req.n] if req.echo else "") + ch.text, True)
-               for ch in choices]
-        return {**head, "choices": out, "usage": self.usage(prompts, choices)}
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": self.served.name}
+        return await self.respond(req, prompts, params, head, lambda ch: choice_json(ch, ch.index), part)
+
+    async def respond(self, req: _Sampling, prompts: list[list[int]], params: GenParams, head: dict[str, Any],
+                      whole: Callable[[Choice], dict], parts: Callable[[Event], list[dict]],
+                      opening: Sequence[dict] = (), chunk: str | None = None) -> Any:
+        """{**head, "choices": [whole(choice), ...], "usage"}; or, streamed, events {**head (object `chunk`), "choices":
+        [part]} for each part of `opening` and of parts(event) per engine event, the usage if asked, [DONE]."""
+        if not req.stream:
+            choices = await self.engine.acomplete(prompts, params, n=req.n)
+            for ch in choices:
+                _raise_engine_error(ch)
+            return {**head, "choices": [whole(ch) for ch in choices], "usage": self.usage(prompts, choices)}
+        head = {**head, "object": chunk or head["object"]}
+
+        async def events() -> AsyncIterator[str]:
+            choices = [Choice(i) for i in range(len(prompts) * req.n)]
+            for part in opening:
+                yield _sse({**head, "choices": [part]})
+            async for ev in self.engine.astream(prompts, params, n=req.n):
+                choices[ev.choice].add(ev)
+                _raise_engine_error(ev)
+                for part in parts(ev):
+                    yield _sse({**head, "choices": [part]})
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
+            yield "data: [DONE]\n\n"
+
+        return _stream(events())
 
     # ---- /v1/chat/completions ---------------------------------------------------------------------
 
@@ -324,7 +383,7 @@ class _Server:
         return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(i, v) for i, v in t.top]}
                             for t in lps if t.token not in stop]}
 
-    async def chat(self, req: ChatRequest) -> Any:
+    async def chat_completions(self, req: ChatRequest) -> Any:
         self.check_model(req.model)
         if not self.served.chat:
             raise APIError(400, f"'{self.served.name}' is a base model (stage '{self.served.stage or 'unknown'}'), "
@@ -333,40 +392,24 @@ class _Server:
                            code="not_a_chat_model")
         ids = self.check_prompt(self.served.chat_ids([m.message() for m in req.messages]), "messages")
         asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        max_tokens = self.max_tokens(asked, self.served.block_size - len(ids))
-        params = self.params(req, max_tokens, logprobs=(req.top_logprobs or 0) if req.logprobs else None)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if req.stream:
-            head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.served.name}
+        params = self.params(req, asked, self.served.block_size - len(ids),
+                             logprobs=(req.top_logprobs or 0) if req.logprobs else None)
 
-            def chunk(index: int, delta: dict, reason: str | None = None, lps=None) -> str:
-                return _sse({**head, "choices": [{"index": index, "delta": delta, "logprobs": self.chat_logprobs(lps),
-                                                  "finish_reason": reason}]})
+        def delta(index: int, delta: dict, reason: str | None = None, lps=None) -> dict[str, Any]:
+            return {"index": index, "delta": delta, "logprobs": self.chat_logprobs(lps), "finish_reason": reason}
 
-            async def events() -> AsyncIterator[str]:
-                choices = [Choice(i) for i in range(req.n)]
-                for i in range(req.n):
-                    yield chunk(i, {"role": "assistant", "content": ""})
-                async for ev in self.engine.astream([ids], params, n=req.n):
-                    choices[ev.choice].add(ev)
-                    _raise_engine_error(ev)
-                    if ev.text or ev.logprobs:
-                        yield chunk(ev.choice, {"content": ev.text}, lps=ev.logprobs)
-                    if ev.finish_reason:
-                        yield chunk(ev.choice, {}, ev.finish_reason)
-                if req.stream_options and req.stream_options.include_usage:
-                    yield _sse({**head, "choices": [], "usage": self.usage([ids], choices)})
-                yield "data: [DONE]\n\n"
+        def parts(ev: Event) -> list[dict[str, Any]]:
+            out = [delta(ev.choice, {"content": ev.text}, lps=ev.logprobs)] if ev.text or ev.logprobs else []
+            return out + ([delta(ev.choice, {}, ev.finish_reason)] if ev.finish_reason else [])
 
-            return _stream(events())
-        choices = await self.engine.acomplete([ids], params, n=req.n)
-        for ch in choices:
-            _raise_engine_error(ch)
-        return {"id": rid, "object": "chat.completion", "created": created, "model": self.served.name,
-                "choices": [{"index": ch.index, "message": {"role": "assistant", "content": ch.text},
-                             "logprobs": self.chat_logprobs(ch.logprobs), "finish_reason": ch.finish_reason}
-                            for ch in choices],
-                "usage": self.usage([ids], choices)}
+        def whole(ch: Choice) -> dict[str, Any]:
+            return {"index": ch.index, "message": {"role": "assistant", "content": ch.text},
+                    "logprobs": self.chat_logprobs(ch.logprobs), "finish_reason": ch.finish_reason}
+
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.served.name}
+        opening = [delta(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
+        return await self.respond(req, [ids], params, head, whole, parts, opening, chunk="chat.completion.chunk")
 
     # ---- the rest -----------------------------------------------------------------------------------
 
@@ -375,7 +418,17 @@ class _Server:
                 "chat": self.served.chat, "stage": self.served.stage, "max_model_len": self.served.block_size,
                 "max_tokens_limit": self.max_tokens_limit, "feedback": self.feedback is not None}
 
-    def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self.model_card()]}
+
+    async def model(self, model: str) -> dict[str, Any]:
+        self.check_model(model)
+        return self.model_card()
+
+    async def get_tokenizer_info(self) -> dict[str, Any]:
+        return tokenizer_info(self.tok, model_max_length=self.served.block_size, chat=self.served.chat)
+
+    async def tokenize(self, req: TokenizeRequest) -> dict[str, Any]:
         self.check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give either 'prompt' or 'messages'", param="prompt")
@@ -387,39 +440,34 @@ class _Server:
             ids = self.tok.encode(req.prompt, allow_special=True)  # as the exported HF tokenizer does
         return {"tokens": ids, "count": len(ids), "max_model_len": self.served.block_size}
 
-    def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
+    async def detokenize(self, req: DetokenizeRequest) -> dict[str, Any]:
         self.check_model(req.model)
         bad = [t for t in req.tokens if not 0 <= t < self.tok.vocab_size][:5]
         if bad:
             raise APIError(400, f"token ids must be in 0..{self.tok.vocab_size - 1}, got {bad}", param="tokens")
         return {"prompt": self.tok.decode(req.tokens)}
 
-    def add_feedback(self, req: FeedbackRequest) -> dict[str, Any]:
+    async def add_feedback(self, req: FeedbackRequest) -> dict[str, Any]:
         self.check_model(req.model)
         if self.feedback is None:
             raise APIError(400, "this server records no feedback (start it with --feedback FILE)", code="feedback_off")
         messages = [m.message() for m in req.messages]
         meta = {"model": self.served.name, "source": req.source, "conversation_id": req.conversation_id}
-        forms = [req.chosen is not None or req.rejected is not None, req.responses is not None,
-                 req.response is not None or req.rating is not None]
-        if sum(forms) != 1:
+        forms = {"comparison": (req.chosen, req.rejected), "ranking": (req.responses,),
+                 "rating": (req.response, req.rating)}  # each form's fields, as FeedbackLog.add_KIND takes them
+        given = [kind for kind, fields in forms.items() if any(f is not None for f in fields)]
+        if len(given) != 1:
             raise APIError(400, "give one of: 'chosen' and 'rejected'; 'responses' (best first); "
                            "'response' and 'rating'")
+        kind = given[0]
+        if any(f is None for f in forms[kind]):
+            raise APIError(400, "a comparison needs both 'chosen' and 'rejected'" if kind == "comparison"
+                           else "a rating needs both 'response' and 'rating' (1 or -1)")
         try:
-            if forms[0]:
-                if req.chosen is None or req.rejected is None:
-                    raise APIError(400, "a comparison needs both 'chosen' and 'rejected'")
-                self.feedback.add_comparison(messages, req.chosen, req.rejected, **meta)
-                return {"status": "ok", "kind": "comparison"}
-            if forms[1]:
-                self.feedback.add_ranking(messages, req.responses, **meta)
-                return {"status": "ok", "kind": "ranking"}
-            if req.response is None or req.rating is None:
-                raise APIError(400, "a rating needs both 'response' and 'rating' (1 or -1)")
-            self.feedback.add_rating(messages, req.response, req.rating, **meta)
-            return {"status": "ok", "kind": "rating"}
+            getattr(self.feedback, f"add_{kind}")(messages, *forms[kind], **meta)
         except ValueError as e:
             raise APIError(400, str(e)) from None
+        return {"status": "ok", "kind": kind}
 
 
 def _raise_engine_error(ch: Choice | Event) -> None:
@@ -464,6 +512,21 @@ def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None =
                   description=f"OpenAI-compatible API for '{served.name}' ({'chat' if served.chat else 'base'} model)")
     app.state.engine, app.state.served, app.state.server = engine, served, srv
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _fill_limits(plain_openapi(), {"max_tokens_limit": max_tokens_limit, "context": served.block_size,
+                                           "max_token_id": engine.vocab - 1,
+                                           "max_tokenizer_id": served.tokenizer.vocab_size - 1})
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+        """The error responses a route declares: `codes`, and 401 where the server wants an API key."""
+        codes = (*codes, 401) if api_key else codes
+        return {c: {"model": ErrorBody, "description": ERRORS[c]} for c in sorted(codes)}
 
     async def auth(request: Request) -> None:
         if api_key is None:
@@ -500,8 +563,6 @@ def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None =
         log.exception("unhandled error")
         return error_response(500, f"internal server error ({type(e).__name__})", type="server_error")
 
-    guarded = [Depends(auth)]
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(resources.files(__package__).joinpath("static/index.html").read_text("utf-8"))
@@ -510,38 +571,16 @@ def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None =
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": served.name}
 
-    @app.get("/v1/models", dependencies=guarded)
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [srv.model_card()]}
-
-    @app.get("/v1/models/{model}", dependencies=guarded)
-    async def model(model: str) -> dict[str, Any]:
-        srv.check_model(model)
-        return srv.model_card()
-
-    @app.post("/v1/completions", dependencies=guarded)
-    async def completions(req: CompletionRequest) -> Any:
-        return await srv.completions(req)
-
-    @app.post("/v1/chat/completions", dependencies=guarded)
-    async def chat_completions(req: ChatRequest) -> Any:
-        return await srv.chat(req)
-
-    @app.get("/tokenizer_info", dependencies=guarded)
-    async def get_tokenizer_info() -> dict[str, Any]:
-        return tokenizer_info(served.tokenizer, model_max_length=served.block_size, chat=served.chat)
-
-    @app.post("/tokenize", dependencies=guarded)
-    async def tokenize(req: TokenizeRequest) -> dict[str, Any]:
-        return srv.tokenize(req)
-
-    @app.post("/detokenize", dependencies=guarded)
-    async def detokenize(req: DetokenizeRequest) -> dict[str, Any]:
-        return srv.detokenize(req)
-
-    @app.post("/v1/feedback", dependencies=guarded)
-    async def add_feedback(req: FeedbackRequest) -> dict[str, Any]:
-        return srv.add_feedback(req)
+    # the API, behind the key: (method, path, handler, the error codes it can answer); a handler's name is its
+    # operation's name in the schema; posted: what any route with a JSON body can answer
+    posted = (400, 404, 413, 422)
+    for method, path, handler, codes in [
+            ("GET", "/v1/models", srv.models, ()), ("GET", "/v1/models/{model}", srv.model, (404, 422)),
+            ("POST", "/v1/completions", srv.completions, (*posted, 500)),
+            ("POST", "/v1/chat/completions", srv.chat_completions, (*posted, 500)),
+            ("GET", "/tokenizer_info", srv.get_tokenizer_info, ()), ("POST", "/tokenize", srv.tokenize, posted),
+            ("POST", "/detokenize", srv.detokenize, posted), ("POST", "/v1/feedback", srv.add_feedback, posted)]:
+        app.add_api_route(path, handler, methods=[method], dependencies=[Depends(auth)], responses=errors(*codes))
 
     return app
 

@@ -10,9 +10,9 @@ become a stop string) to the request's sink, and drops finished rows; columns th
 are cut off the left of the cache. A request that arrives mid-generation joins at the next step instead
 of waiting for the batch to finish.
 
-Sampling and stream hold-back are the ones of `gptrecipe.sample` (`sample_next`, `left_pad`); the engine
-adds per-row parameters, per-token log-probabilities, and the prompt's log-probabilities (echo) from the
-prefill pass.
+Sampling and each row's stop / hold-back / budget logic are the ones of `gptrecipe.sample` (`sample_next`,
+`RowDecoder`), the cache surgery is `KVCache.merge` / `select` / `grow`; the engine adds per-row parameters,
+per-token log-probabilities, and the prompt's log-probabilities (echo) from the prefill pass.
 
     engine = Engine(model, tok, stop_ids=ChatTemplate(tok).stop_ids).start()
     for ev in engine.stream([ids], GenParams(max_tokens=50, temperature=0.7)):
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import GPT, KVCache
-from ..sample import PromptTooLongError, SamplingConfig, _safe_prefix, left_pad, sample_next
+from ..sample import PromptTooLongError, RowDecoder, SamplingConfig, left_pad, sample_next
 
 log = logging.getLogger(__name__)
 
@@ -133,47 +133,32 @@ class _Job:  # one prompt of a request: n rows
 
 
 class _Row:
-    """One sequence being generated: its tokens, text, and what it has streamed."""
+    """One sequence being generated: its request, sampler, decoder, and the tokens not streamed yet."""
 
     def __init__(self, job: _Job, sample: int, budget: int, tokenizer):
-        self.req, self.tok = job.req, tokenizer
+        self.req = job.req
         self.choice = job.index * job.req.n + sample
         self.params = job.req.params
         self.cfg = self.params.sampling()
-        self.budget = budget
         self.generator: torch.Generator | None = None
         if self.params.seed is not None:  # sample 0 uses the seed itself, the others seeds derived from it
             seed = self.params.seed if sample == 0 else hash((self.params.seed, sample)) & 0x7FFF_FFFF_FFFF_FFFF
             self.generator = torch.Generator().manual_seed(seed)
-        self.n_drawn = 0
-        self.out: list[int] = []  # text tokens (stop tokens left out)
-        self.text, self.emitted = "", 0
+        self.dec = RowDecoder(tokenizer, budget, job.req.stop_ids, self.params.stop)
         self.pending: list[int] = []
         self.pending_lp: list[TokenLogprob] = []
-        self.finish: str | None = None
 
     def accept(self, token: int, lp: TokenLogprob | None) -> Event | None:
         """Take the drawn token; the event to stream, if there is something to say."""
-        self.n_drawn += 1
         self.pending.append(token)
         if lp is not None:
             self.pending_lp.append(lp)
-        if token in self.req.stop_ids:
-            self.finish = "stop"
-        else:
-            self.out.append(token)
-            self.text = self.tok.decode(self.out)
-            hits = [self.text.find(s) for s in self.params.stop if s and s in self.text]
-            if hits:
-                self.text, self.finish = self.text[: min(hits)], "stop"
-        if self.finish is None and self.n_drawn >= self.budget:
-            self.finish = "length"
-        safe = _safe_prefix(self.text, self.params.stop, final=self.finish is not None)
-        if safe <= self.emitted and self.finish is None:
+        text = self.dec.accept(token)
+        if not text and self.dec.finish is None:
             return None
-        ev = Event(self.choice, self.text[self.emitted: safe], self.pending,
-                   self.pending_lp if self.params.logprobs is not None else None, self.finish)
-        self.emitted, self.pending, self.pending_lp = max(safe, self.emitted), [], []
+        ev = Event(self.choice, text, self.pending, self.pending_lp if self.params.logprobs is not None else None,
+                   self.dec.finish)
+        self.pending, self.pending_lp = [], []
         return ev
 
 
@@ -379,7 +364,8 @@ class Engine:
             return
         try:
             req.sink(ev)
-        except Exception:  # the listener is gone (closed event loop): stop generating for it
+        except Exception as e:  # the listener is gone (closed event loop): stop generating for it
+            log.warning("request %d: its event sink failed (%r); cancelling it", req.id, e)
             req.cancelled = True
 
     def _finish_request_if_done(self, req: _Request) -> None:
@@ -434,20 +420,9 @@ class Engine:
         if not new_rows:
             return
         src_t = torch.tensor(src, device=self.device)
-        w_new = max(len(jobs[j].prompt) for j in src)
-        old = self._cache
-        length = max(old.length if old is not None else 0, w_new)
-        n_old = len(self._rows)
-        new_pad = torch.tensor([length - len(jobs[j].prompt) for j in src], device=self.device)
-        pad = new_pad if old is None else torch.cat([old.pad + (length - old.length), new_pad])
-        cache = model.new_cache(n_old + len(new_rows), max_len=min(self.block, length + 64), pad=pad)
-        if old is not None:
-            cache.k[:, :n_old, :, length - old.length: length] = old.k[:, :, :, : old.length]
-            cache.v[:, :n_old, :, length - old.length: length] = old.v[:, :, :, : old.length]
-        cache.k[:, n_old:, :, length - w_new: length] = tmp.k[:, src_t, :, width - w_new: width]
-        cache.v[:, n_old:, :, length - w_new: length] = tmp.v[:, src_t, :, width - w_new: width]
-        cache.length = length
-        self._cache = cache
+        # the admitted rows (without the columns only their padding uses) join the running ones; spare room
+        # saves a copy (grow) on the next steps, and is never used past the context
+        self._cache = KVCache.merge([c for c in (self._cache, tmp.select(src_t, trim=True)) if c is not None], room=64)
         self._rows += new_rows
         logits = last[src_t]
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
@@ -489,41 +464,20 @@ class Engine:
             ev = row.accept(tok, lps.get(i))
             if ev is not None:
                 self._emit(row.req, ev)
-        keep = [i for i, r in enumerate(rows) if r.finish is None and not r.req.cancelled]
-        done = {id(r.req): r.req for r in rows if r.finish is not None or r.req.cancelled}
-        if len(keep) < len(rows):
-            self._select(keep)
+        keep = [i for i, r in enumerate(rows) if r.dec.finish is None and not r.req.cancelled]
+        done = {id(r.req): r.req for r in rows if r.dec.finish is not None or r.req.cancelled}
+        self._rows = [rows[i] for i in keep]
+        if not keep:
+            self._cache, self._logits = None, None
+        elif len(keep) < len(rows):  # also drop the cache columns that only padding uses now
+            self._cache = self._cache.select(torch.tensor(keep, device=self.device), trim=True)
         for req in done.values():
             self._finish_request_if_done(req)
         if not self._rows:
             return
-        cache = self._cache
-        if cache.length + 1 > cache.max_len:
-            self._grow(min(self.block, max(cache.length + 1, 2 * cache.max_len)))
+        if self._cache.room < 1:  # doubling keeps the copies few
+            self._cache = self._cache.grow(min(self.block, 2 * self._cache.max_len))
         self.stats.max_rows = max(self.stats.max_rows, len(self._rows))
         out, _ = self.model(tokens[torch.tensor(keep, device=tokens.device)][:, None], cache=self._cache)
         self._logits = out[:, -1]
         self.stats.steps += 1
-
-    def _select(self, keep: list[int]) -> None:
-        """Keep only these rows; cut the cache's columns that are padding in every remaining row."""
-        self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._cache, self._logits = None, None
-            return
-        cache = self._cache
-        idx = torch.tensor(keep, device=self.device)
-        pad = cache.pad[idx]
-        cut = int(pad.min())
-        cache.k = cache.k.index_select(1, idx)[:, :, :, cut:]
-        cache.v = cache.v.index_select(1, idx)[:, :, :, cut:]
-        cache.pad, cache.length, cache.max_len = pad - cut, cache.length - cut, cache.max_len - cut
-        self._logits = self._logits[idx]
-
-    def _grow(self, max_len: int) -> None:
-        old = self._cache
-        cache = self.model.new_cache(old.k.size(1), max_len=max_len, pad=old.pad)
-        cache.k[:, :, :, : old.length] = old.k[:, :, :, : old.length]
-        cache.v[:, :, :, : old.length] = old.v[:, :, :, : old.length]
-        cache.length = old.length
-        self._cache = cache

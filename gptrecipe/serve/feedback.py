@@ -14,14 +14,13 @@ prompt (exactly what the reward model sees at training time), otherwise a readab
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..chat import Message
+from ..io import append_line
 
 LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -42,13 +41,8 @@ class FeedbackLog:
         self._lock = threading.Lock()
 
     def _append(self, path: Path, record: dict[str, Any]) -> dict[str, Any]:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+            append_line(path, record)
         return record
 
     @staticmethod

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..chat import ChatTemplate, Message
-from ..checkpoint import CheckpointError, load_model, resolve_checkpoint
+from ..checkpoint import load_checkpoint
 from ..model import GPT
 from ..runtime import pick_device
 from ..tokenizer import Tokenizer
@@ -50,15 +50,7 @@ def load_served(checkpoint: str | Path, *, device: str = "auto", chat: bool | No
                 name: str | None = None) -> ServedModel:
     """Load a checkpoint (dir or run dir) with its tokenizer; `chat=None` decides from the stage it was
     saved by (sft / ppo are chat models, anything else a base model)."""
-    ckpt = resolve_checkpoint(checkpoint)
-    model, cfg = load_model(ckpt, pick_device(device))
-    tok_path = ckpt / "tokenizer.json"
-    if not tok_path.is_file():
-        raise CheckpointError(f"{ckpt}: no tokenizer.json in the checkpoint")
-    tok = Tokenizer.from_file(tok_path)
-    if tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
-                              f"{model.config.vocab_size}")
-    stage = str(cfg.get("stage", ""))
-    is_chat = stage in CHAT_STAGES if chat is None else chat
-    return ServedModel(name or default_name(ckpt), model.eval(), tok, is_chat, stage, ckpt)
+    loaded = load_checkpoint(checkpoint, pick_device(device), lm=True)
+    is_chat = loaded.meta.stage in CHAT_STAGES if chat is None else chat
+    return ServedModel(name or default_name(loaded.path), loaded.model.eval(), loaded.tokenizer, is_chat,
+                       loaded.meta.stage, loaded.path)

@@ -115,14 +115,13 @@ class TerminalChat:
         if name == "/reset":
             self.messages = []
             self.say("(conversation cleared)")
+        elif name == "/save" and not arg:
+            self.say("usage: /save FILE")
         elif name == "/save":
-            if not arg:
-                self.say("usage: /save FILE")
-            else:
-                try:
-                    self.save(arg)
-                except OSError as e:
-                    self.say(f"(cannot save to {arg}: {e.strerror or e})")
+            try:
+                self.save(arg)
+            except OSError as e:
+                self.say(f"(cannot save to {arg}: {e.strerror or e})")
         elif name == "/system":
             self.system = arg
             self.say(f"(system prompt {'set' if arg else 'cleared'})")
@@ -141,21 +140,19 @@ class TerminalChat:
         while True:
             try:
                 line = self.read("you> ")
-            except KeyboardInterrupt:
-                self.out.write("\n")
-                return 0
+            except KeyboardInterrupt:  # Ctrl-C at the prompt exits, as Ctrl-D does
+                line = None
             if line is None:
                 self.out.write("\n")
                 return 0
             line = line.strip()
             if not line:
                 continue
-            if line.startswith("/"):
-                if not self.command(line):
-                    return 0
-                continue
-            self.out.write("assistant> ")
-            self.reply(line)
+            if not line.startswith("/"):
+                self.out.write("assistant> ")
+                self.reply(line)
+            elif not self.command(line):
+                return 0
 
 
 def chat(served: ServedModel, params: GenParams, *, system: str | None = None, stdin: TextIO | None = None,

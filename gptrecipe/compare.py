@@ -10,23 +10,21 @@ nothing and a second run skips the prompts already ranked.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chat import ChatTemplate, Message, read_jsonl
-from .checkpoint import load_model, resolve_checkpoint
-from .data.readers import DataError
+from .chat import ChatTemplate, Message
+from .checkpoint import load_checkpoint
+from .data.corpora import chatterbot_conversations
+from .io import DataError, append_line, drop_torn_line, read_jsonl
 from .labelers import Labeler, load_labeler
 from .sample import SamplingConfig, generate
-from .tokenizer import Tokenizer
 
 
 @dataclass
-class RankConfig:
+class CompareConfig:
     model: str = ""  # checkpoint to sample from (the SFT model, later the current policy)
     prompts: str = "builtin:chatterbot"  # .txt (one per line), .jsonl ({"prompt"}) or builtin:chatterbot
     out: str = "runs/rankings.jsonl"
@@ -41,8 +39,6 @@ class RankConfig:
 
 def load_prompts(source: str) -> list[str]:
     if source == "builtin:chatterbot":
-        from .data.corpora import chatterbot_conversations
-
         seen: dict[str, None] = {}
         for conv in chatterbot_conversations():
             seen.setdefault(conv[0], None)
@@ -93,40 +89,19 @@ def ask_person(prompt: str, responses: list[str], inp: Callable[[str], str] = in
         out.write(f"  need each of 1..{len(responses)} exactly once\n")
 
 
-def append_line(path: Path, obj: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def drop_torn_line(path: Path) -> bool:
-    """Cut a last line without its newline (a write interrupted by kill -9); True if there was one."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    with open(path, "r+b") as f:
-        f.truncate(data.rfind(b"\n") + 1)
-    return True
-
-
 def done_prompts(path: Path) -> set[str]:
     if not path.exists():
         return set()
     return {obj["prompt"] for _, obj in read_jsonl(path) if isinstance(obj, dict) and "prompt" in obj}
 
 
-def rank(cfg: RankConfig, *, labeler: Labeler | None = None, inp: Callable[[str], str] = input,
+def compare(cfg: CompareConfig, *, labeler: Labeler | None = None, inp: Callable[[str], str] = input,
          log=print) -> Path:
     """Sample, rank and append to cfg.out; returns the output path."""
     if not 2 <= cfg.k <= 16:
         raise ValueError(f"k must be between 2 and 16 (InstructGPT uses 4..9), got {cfg.k}")
-    ckpt = resolve_checkpoint(cfg.model)
-    model, _ = load_model(ckpt)
-    model.eval()
-    tok = Tokenizer.from_file(ckpt / "tokenizer.json")
+    loaded = load_checkpoint(cfg.model, lm=True)
+    model, tok = loaded.model.eval(), loaded.tokenizer
     template = ChatTemplate(tok)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

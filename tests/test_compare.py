@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
+from gptrecipe.compare import CompareConfig, ask_person, compare, order_from_scores, parse_order
 from gptrecipe.labelers import load_labeler, positivity
 from gptrecipe.model import GPT
-from gptrecipe.rank import RankConfig, ask_person, order_from_scores, parse_order, rank
 from gptrecipe.sample import SamplingConfig
 from tests.conftest import save_stage_checkpoint, tiny_config
 
@@ -52,15 +52,15 @@ def test_rank_with_labeler_saves_and_resumes(sft_ckpt, tmp_path):
         calls.append(prompt)
         return [len(r) for r in responses]  # prefers longer responses
 
-    cfg = RankConfig(model=str(sft_ckpt), prompts=str(prompts), out=str(out), k=4, max_prompts=2,
+    cfg = CompareConfig(model=str(sft_ckpt), prompts=str(prompts), out=str(out), k=4, max_prompts=2,
                      sample=SamplingConfig(max_new_tokens=12, temperature=1.0, seed=0))
-    rank(cfg, labeler=labeler, log=lambda *a: None)
+    compare(cfg, labeler=labeler, log=lambda *a: None)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Hello", "What is AI?"]
     assert all(len(r["responses"]) == 4 for r in rows)
     assert all([len(x) for x in r["responses"]] == sorted((len(x) for x in r["responses"]), reverse=True)
                for r in rows)
-    rank(dataclasses.replace(cfg, max_prompts=0), labeler=labeler, log=lambda *a: None)  # resume: only the rest
+    compare(dataclasses.replace(cfg, max_prompts=0), labeler=labeler, log=lambda *a: None)  # resume: only the rest
     assert calls == ["Hello", "What is AI?", "Tell me a joke."]
     assert len(out.read_text().splitlines()) == 3
 
@@ -70,9 +70,9 @@ def test_rank_by_hand_skip_and_quit_keep_what_was_ranked(sft_ckpt, tmp_path):
     prompts.write_text("one\ntwo\nthree\n")
     out = tmp_path / "r.jsonl"
     answers = iter(["2 1", "s", "q"])
-    cfg = RankConfig(model=str(sft_ckpt), prompts=str(prompts), out=str(out), k=2,
+    cfg = CompareConfig(model=str(sft_ckpt), prompts=str(prompts), out=str(out), k=2,
                      sample=SamplingConfig(max_new_tokens=6, seed=0))
     with pytest.raises(KeyboardInterrupt):
-        rank(cfg, inp=lambda _: next(answers), log=lambda *a: None)
+        compare(cfg, inp=lambda _: next(answers), log=lambda *a: None)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["prompt"] == "one"
