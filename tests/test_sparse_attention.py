@@ -95,12 +95,13 @@ def test_sparse_equals_dense_with_pattern_mask_outputs_and_grads(kind, T, impl):
 @pytest.mark.parametrize("impl", sorted(IMPLS))
 def test_sparse_accepts_transposed_and_expanded_inputs(impl):
     """As the model passes them: q/k/v views of a (B, T, H, D) tensor, and an expanded output gradient."""
+    torch.manual_seed(0)  # the input is fixed, not whatever the tests before left in the global RNG
     x = torch.randn(2, 40, 3, 16, requires_grad=True)
     q = k = v = x.transpose(1, 2)
     out = IMPLS[impl](q, k, v, "strided(8)")
     (gx,) = torch.autograd.grad(out.sum(), x)
     (rx,) = torch.autograd.grad(masked_dense_attention(q, k, v, "strided(8)").sum(), x)
-    torch.testing.assert_close(gx, rx, rtol=0, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-5)  # gradients reach ~2: fp32 rounding is relative
 
 
 @pytest.mark.parametrize("impl,dropout", [("blocked", 0.0), ("blocked", 0.3), ("fused", 0.0)])
