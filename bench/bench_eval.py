@@ -53,7 +53,7 @@ def load(args):
     from gptrecipe.tokenizer import DEFAULT_INPUTS, Tokenizer, read_texts
 
     if args.ckpt:
-        loaded = load_checkpoint(args.ckpt, "cpu", lm=True)
+        loaded = load_checkpoint(args.ckpt, "cpu")
         return loaded.model.eval(), loaded.tokenizer, str(loaded.path)
     cfg = load_config(GPTConfig, "models", args.model)
     tok = Tokenizer.train(read_texts(DEFAULT_INPUTS, 1_000_000), cfg.vocab_size, show_progress=False)

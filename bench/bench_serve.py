@@ -63,7 +63,7 @@ def hf_copy(model: GPT):
 
 def run_sampler(model: GPT, prompts: torch.Tensor, new: int) -> list[list[int]]:
     rows = [[] for _ in range(len(prompts))]
-    for nxt, _ in generate_ids(model, prompts.tolist(), SamplingConfig(max_new_tokens=new, temperature=0)):
+    for nxt in generate_ids(model, prompts.tolist(), SamplingConfig(max_new_tokens=new, temperature=0)):
         for r, t in zip(rows, nxt.tolist(), strict=True):
             r.append(t)
     return rows

@@ -206,19 +206,21 @@ def build_model(meta: CheckpointMeta, tok: Tokenizer) -> torch.nn.Module:
     return GPT(config)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, lm: bool = False) -> Loaded:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
+                    expect: type[torch.nn.Module] = GPT) -> Loaded:
     """The one loader: a checkpoint (dir, run dir or checkpoints/ dir) of any stage, with its tokenizer.
 
-    A PPO checkpoint holds the actor-critic; the model loaded from it is the policy. `lm=True` refuses a
-    checkpoint whose model is not a language model (a reward model, a task head)."""
+    A PPO checkpoint holds the actor-critic; the model loaded from it is the policy. A checkpoint whose model is
+    not an `expect` (by default a GPT language model) is refused; `expect=torch.nn.Module` takes any."""
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     if not (ckpt / "tokenizer.json").is_file():
         raise CheckpointError(f"{ckpt}: no tokenizer.json in the checkpoint")
     tok = Tokenizer.from_file(ckpt / "tokenizer.json")
     model = build_model(meta, tok)
-    if lm and not isinstance(model, GPT):
-        raise CheckpointError(f"{ckpt} is a {meta.stage!r} checkpoint (a model with a head), not a language model")
+    if not isinstance(model, expect):
+        want = "a language model" if expect is GPT else f"a {expect.__name__}"
+        raise CheckpointError(f"{ckpt} is a {meta.stage!r} checkpoint ({type(model).__name__}), not {want}")
     if tok.vocab_size > meta.gpt_config.vocab_size:
         raise CheckpointError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
                               f"{meta.gpt_config.vocab_size}")

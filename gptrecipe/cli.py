@@ -1,4 +1,7 @@
-"""`gptrecipe <stage> ...`: a thin command line over the library; each stage is also a Python function."""
+"""`gptrecipe <stage> ...`: a thin command line over the library; each stage is also a Python function.
+
+A stage's module is imported when its command runs (not for a cycle: so that `--help` and light commands
+start without loading every stage and its dependencies)."""
 
 from __future__ import annotations
 
@@ -108,7 +111,7 @@ def _run_sample(args) -> int:
     prompt = args.prompt
     if prompt is None:
         prompt = sys.stdin.read() if not sys.stdin.isatty() else "\n"
-    loaded = load_checkpoint(args.checkpoint, pick_device(args.device), lm=True)
+    loaded = load_checkpoint(args.checkpoint, pick_device(args.device))
     model, tok = loaded.model.eval(), loaded.tokenizer
     stop = list(args.stop)
     if args.assistant:

@@ -100,7 +100,7 @@ def compare(cfg: CompareConfig, *, labeler: Labeler | None = None, inp: Callable
     """Sample, rank and append to cfg.out; returns the output path."""
     if not 2 <= cfg.k <= 16:
         raise ValueError(f"k must be between 2 and 16 (InstructGPT uses 4..9), got {cfg.k}")
-    loaded = load_checkpoint(cfg.model, lm=True)
+    loaded = load_checkpoint(cfg.model)
     model, tok = loaded.model.eval(), loaded.tokenizer
     template = ChatTemplate(tok)
     out = Path(cfg.out)

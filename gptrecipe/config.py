@@ -21,11 +21,12 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclasses.dataclass
 class RunConfig:
     """Base of the stage configs: a run named `name` lives in `out_dir`/`name`."""
 
-    name: str
-    out_dir: str
+    name: str = "run"
+    out_dir: str = "runs"
 
     @property
     def run_dir(self) -> Path:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .chat import read_jsonl
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import ConfigError, RunConfig, load_config
 from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
@@ -167,7 +167,6 @@ class HeadTask(TrainTask):
 @dataclass
 class FinetuneConfig(RunConfig):
     name: str = "finetune"
-    out_dir: str = "runs"
     init: str = ""  # pretrained (or SFT) checkpoint or run dir
     task: str = "classification"  # classification | entailment | similarity | multiple_choice
     data: str = ""  # training JSONL
@@ -232,14 +231,6 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, log=print) -> TrainRe
     return result
 
 
-def load_finetuned(path: str | Path, device="cpu") -> tuple[TaskHeadModel, Tokenizer, dict[str, Any]]:
-    """A fine-tuned checkpoint: (model, tokenizer, its extras: "task", "labels", ...)."""
-    loaded = load_checkpoint(path, device)
-    if not isinstance(loaded.model, TaskHeadModel):
-        raise CheckpointError(f"{loaded.path} is a {loaded.meta.stage!r} checkpoint, not a fine-tuned task model")
-    return loaded.model.eval(), loaded.tokenizer, loaded.meta.extras
-
-
 @torch.no_grad()
 def predict(model: TaskHeadModel, tok: Tokenizer, examples: list[Example], labels: list[str],
             batch_size: int = 32) -> list[Any]:
@@ -257,7 +248,8 @@ def predict(model: TaskHeadModel, tok: Tokenizer, examples: list[Example], label
 
 def score_file(checkpoint: str, data: str, out=None) -> float:
     """`gptrecipe finetune score`: predictions for a JSONL file (printed as JSONL) and the accuracy."""
-    model, tok, meta = load_finetuned(checkpoint)
+    loaded = load_checkpoint(checkpoint, expect=TaskHeadModel)
+    model, tok, meta = loaded.model.eval(), loaded.tokenizer, loaded.meta.extras
     examples = read_examples(data, meta["task"])
     preds = predict(model, tok, examples, meta["labels"])
     gold = [e.label if meta["task"] == "multiple_choice" else str(e.label) for e in examples]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections import Counter
 from collections.abc import Callable
 
 Labeler = Callable[[str, list[str]], list[float]]
@@ -24,13 +25,8 @@ def positivity(response: str) -> float:
     """Gold score: distinct words of POSITIVE_WORDS used, minus 0.5 for each repetition of a word beyond its
     second use (so degenerate 'good good good ...' replies, the classic reward hack, score low)."""
     words = _WORD.findall(response.lower())
-    if not words:
-        return 0.0
     distinct_positive = len(POSITIVE_WORDS.intersection(words))
-    counts: dict[str, int] = {}
-    for w in words:
-        counts[w] = counts.get(w, 0) + 1
-    repeats = sum(c - 2 for c in counts.values() if c > 2)
+    repeats = sum(c - 2 for c in Counter(words).values() if c > 2)
     return float(distinct_positive) - 0.5 * repeats
 
 

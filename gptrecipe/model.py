@@ -245,12 +245,10 @@ class GPT(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (tied head counted once); non_embedding drops the position table."""
@@ -271,13 +269,9 @@ class GPT(nn.Module):
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens is longer than the model's context ({self.config.block_size})"
-            )
-        if cache is not None:
-            pos = cache.positions(T)
-        else:
-            pos = torch.arange(T, device=idx.device)[None, :]
+            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context "
+                             f"({self.config.block_size})")
+        pos = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device)[None, :]
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x, cache)
@@ -285,9 +279,8 @@ class GPT(nn.Module):
             cache.length += T
         return self.ln_f(x)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets, the mean next-token cross entropy.
 
         Targets equal to IGNORE_INDEX are left out of the mean (prompt tokens in SFT, padding).
@@ -296,15 +289,14 @@ class GPT(nn.Module):
         logits = self.lm_head(h)
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX
-        )
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def new_cache(self, batch_size: int, max_len: int | None = None, pad: torch.Tensor | None = None) -> KVCache:
         p = self.wte.weight
         dtype = torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type) else p.dtype
         return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, dtype, pad)
+
 
 def optimizer_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay matrices (Linear weights, embeddings); not biases or LayerNorm gains."""

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import load_checkpoint
 from .compare import load_prompts
 from .config import ConfigError, RunConfig, load_config
 from .data import BatchLoader, CorpusConfig, DataConfig, prepare_data
@@ -36,7 +36,7 @@ from .data.loader import pad_rows
 from .heads import RewardModel
 from .labelers import load_labeler
 from .model import GPT
-from .rm import RewardEncoder, load_reward_model, score
+from .rm import RewardEncoder, score
 from .runtime import rank_zero_first
 from .sample import SamplingConfig, generate_rows
 from .stage import StageRun, seeded_split
@@ -47,7 +47,6 @@ from .train import Batch, TrainConfig, TrainResult, TrainTask
 @dataclass
 class PPOConfig(RunConfig):
     name: str = "ppo"
-    out_dir: str = "runs"
     sft: str = ""  # SFT checkpoint: the frozen KL reference (and the policy's init unless policy_init)
     policy_init: str = ""  # start the policy from another checkpoint (e.g. the previous RLHF round's policy)
     rm: str = ""  # reward model checkpoint: frozen scorer and value-model init
@@ -361,8 +360,9 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     run = StageRun(cfg, "ppo", log)
     sft = run.load_init(cfg.sft, "sft")
     policy = run.load_init(cfg.policy_init, "policy_init").model if cfg.policy_init else sft.model
-    ref = load_checkpoint(sft.path, lm=True).model
-    rm, _ = load_reward_model(cfg.rm)
+    ref = load_checkpoint(sft.path).model
+    rm_ckpt = load_checkpoint(cfg.rm, expect=RewardModel)
+    rm = rm_ckpt.model
     value = RewardModel(rm.config)
     value.load_state_dict(rm.state_dict())
     for m in (policy, ref, rm, value):  # pitfall: dropout anywhere makes the first ratio != 1
@@ -373,7 +373,7 @@ def ppo(cfg: PPOConfig, *, resume: bool = False, log=print) -> TrainResult:
     for m in (ref, rm):
         m.eval().requires_grad_(False)
     tok = sft.tokenizer
-    if tok.fingerprint != Tokenizer.from_file(resolve_checkpoint(cfg.rm) / "tokenizer.json").fingerprint:
+    if tok.fingerprint != rm_ckpt.tokenizer.fingerprint:
         raise ConfigError("ppo: the SFT model and the reward model use different tokenizers")
     ac = ActorCritic(policy, value)
     prompts, too_long = ChatTemplate(tok).prompts_that_fit(load_prompts(cfg.prompts), cfg.max_new_tokens,

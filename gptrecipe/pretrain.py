@@ -35,7 +35,6 @@ class TokenizerSettings:
 @dataclass
 class PretrainConfig(RunConfig):
     name: str = "pretrain"
-    out_dir: str = "runs"
     model: GPTConfig = field(default_factory=GPTConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)

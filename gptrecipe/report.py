@@ -35,8 +35,7 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train (per step)")
         w = max(1, len(losses) // 50)
-        smooth = [sum(losses[max(0, i - w + 1): i + 1]) / len(losses[max(0, i - w + 1): i + 1])
-                  for i in range(len(losses))]
+        smooth = [sum(losses[max(0, i - w + 1): i + 1]) / min(i + 1, w) for i in range(len(losses))]
         ax.plot(steps, smooth, color="tab:blue", lw=1.5, label=f"train (mean of {w})")
     keys = sorted({k for r in evals for k in r if k.startswith("val")})
     for i, k in enumerate(keys):
@@ -70,9 +69,7 @@ def md_table(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -
     columns = columns or list(rows[0])
 
     def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
+        return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|").replace("\n", " ")
 
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .chat import ChatTemplate, Message, read_jsonl
-from .checkpoint import CheckpointError, load_checkpoint, unwrap
+from .checkpoint import load_checkpoint, unwrap
 from .config import ConfigError, RunConfig, load_config
 from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
@@ -163,7 +163,6 @@ def score(model: RewardModel, enc: RewardEncoder, prompts: list, responses: list
 @dataclass
 class RMConfig(RunConfig):
     name: str = "rm"
-    out_dir: str = "runs"
     init: str = ""  # SFT checkpoint the reward model starts from
     data: str = ""  # rankings JSONL
     loss: str = "pairwise"  # pairwise | listwise
@@ -205,17 +204,10 @@ def write_rm_report(cfg: RMConfig, result: TrainResult, shift: float, n_train: i
     return write_markdown(cfg.run_dir / "report.md", f"Reward model `{cfg.name}`", sections)
 
 
-def load_reward_model(path: str | Path, device="cpu") -> tuple[RewardModel, RewardEncoder]:
-    """A reward model checkpoint, ready to score (the shift that centres the SFT responses' rewards applied)."""
-    loaded = load_checkpoint(path, device)
-    if not isinstance(loaded.model, RewardModel):
-        raise CheckpointError(f"{loaded.path} is a {loaded.meta.stage!r} checkpoint, not a reward model")
-    return loaded.model.eval(), RewardEncoder(loaded.tokenizer, loaded.model.config.block_size)
-
-
 def score_file(checkpoint: str, data: str, out=None) -> list[float]:
     """`gptrecipe rm score`: reward of each {"prompt", "response"} line, printed as JSONL."""
-    model, enc = load_reward_model(checkpoint)
+    rm = load_checkpoint(checkpoint, expect=RewardModel)
+    model, enc = rm.model.eval(), RewardEncoder(rm.tokenizer, rm.model.config.block_size)
     pairs = []
     for n, obj in read_jsonl(data):
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(

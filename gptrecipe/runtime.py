@@ -38,11 +38,9 @@ def cpu_has_fast_bf16() -> bool:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """Compute dtype for autocast. `auto` takes bf16 only where the hardware makes it faster."""
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        if device.type == "cpu" and cpu_has_fast_bf16():
-            return torch.bfloat16
-        return torch.float32
+        fast = ((device.type == "cuda" and torch.cuda.is_bf16_supported())
+                or (device.type == "cpu" and cpu_has_fast_bf16()))
+        return torch.bfloat16 if fast else torch.float32
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if name not in table:
@@ -106,10 +104,6 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo, device: torch.device) -> tor
     return t.cpu()
 
 
-def _peak_cache() -> Path:
-    return Path(os.environ.get("GPTRECIPE_CACHE", Path.home() / ".cache" / "gptrecipe")) / "peak_flops.json"
-
-
 def _cpu_name() -> str:
     """CPU model and core count, so a cached peak is never reused on another kind of machine."""
     try:
@@ -124,7 +118,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 0, sec
     """Measured peak matmul FLOP/s of this device in `dtype` (the denominator of MFU); cached on disk."""
     key = f"{device.type}:{torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_name()}:{dtype}"
     key += f":threads={torch.get_num_threads()}"
-    cache = _peak_cache()
+    cache = Path(os.environ.get("GPTRECIPE_CACHE", Path.home() / ".cache" / "gptrecipe")) / "peak_flops.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -132,8 +126,7 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 0, sec
     if key in known:
         return known[key]
     n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best, deadline = 0.0, time.perf_counter() + seconds
     for _ in range(2):  # warm up
         a @ b

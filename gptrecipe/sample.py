@@ -52,9 +52,9 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
+        probs = sorted_logits.softmax(-1)
         # drop a token when the mass before it already reaches top_p (the top token always stays)
-        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -85,19 +85,10 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
 
 
 @torch.no_grad()
-def generate_ids(
-    model: GPT,
-    prompts: Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    *,
-    stop_ids: Sequence[int] = (),
-    pad_id: int = 0,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (next_ids (B,), finished (B,) bool) each step until every row has finished.
-
-    A row's token is meaningful only on the step it is produced while not yet finished; the stop
-    token that ends a row is yielded (with finished=True) so callers can record it.
-    """
+def generate_ids(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+                 pad_id: int = 0) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row (B,) each step, up to the token budget; the caller decides when a row
+    has ended (a `RowDecoder`) and stops iterating when all have."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     block = model.config.block_size
@@ -109,19 +100,12 @@ def generate_ids(
     ids, pads = left_pad(prompts, pad_id, device)
     budget = min(cfg.max_new_tokens, block - longest)
     cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
-    stop = torch.tensor(list(stop_ids) or [-1], device=device)
-    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     logits = model.lm_head(model.hidden_states(ids, cache)[:, -1:])  # the prompt's last position only
     for i in range(budget):
         nxt = sample_next(logits[:, -1, :], cfg, generator)
-        newly = torch.isin(nxt, stop) & ~finished
-        if i == budget - 1:
-            newly = ~finished
-        yield nxt, finished | newly
-        finished |= newly
-        if bool(finished.all()):
-            return
-        logits, _ = model(nxt[:, None], cache=cache)
+        yield nxt
+        if i + 1 < budget:
+            logits, _ = model(nxt[:, None], cache=cache)
 
 
 class RowDecoder:
@@ -163,7 +147,7 @@ def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCon
     `cfg.stop`) and `on_text(row, piece)` receives each row's text as soon as it is safe to show."""
     budget = min(cfg.max_new_tokens, model.config.block_size - max(map(len, prompts), default=0))
     rows = [RowDecoder(tokenizer, budget, stop_ids, cfg.stop) for _ in prompts]
-    for nxt, _ in generate_ids(model, prompts, cfg, pad_id=pad_id):  # the decoders end the rows
+    for nxt in generate_ids(model, prompts, cfg, pad_id=pad_id):  # the decoders end the rows
         for i, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             piece = row.accept(tok) if row.finish is None else ""
             if piece and on_text is not None:
@@ -173,15 +157,9 @@ def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCon
     return rows
 
 
-def generate(
-    model: GPT,
-    tokenizer,
-    prompts: Sequence[str] | Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    *,
-    stop_ids: Sequence[int] | None = None,
-    on_text: Callable[[int, str], None] | None = None,
-) -> list[Completion]:
+def generate(model: GPT, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], cfg: SamplingConfig, *,
+             stop_ids: Sequence[int] | None = None,
+             on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
     """Generate a completion per prompt (strings are encoded; id lists are used as given).
 
     `on_text(row, piece)` receives newly decoded text as it is produced (streaming); text is held
@@ -212,6 +190,7 @@ def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:
 def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=None) -> list[Completion]:
     """Print the prompt's completions as they are generated (row 0 live; others after)."""
     file = file or sys.stdout
+
     def show(row: int, piece: str) -> None:
         if row == 0:
             file.write(piece)

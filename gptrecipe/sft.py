@@ -31,7 +31,6 @@ from .train import Batch, TrainConfig, TrainResult, TrainTask
 @dataclass
 class SFTConfig(RunConfig):
     name: str = "sft"
-    out_dir: str = "runs"
     init: str = ""  # the pretrained checkpoint (or run dir) to start from
     data: str = "builtin:chatterbot"  # JSONL path or builtin:chatterbot
     val_fraction: float = 0.1

@@ -227,11 +227,6 @@ def _blocks(x: torch.Tensor, w: int) -> torch.Tensor:
     return (F.pad(x, (0, 0, 0, n)) if n else x.contiguous()).view(B, H, (T + n) // w, w, D)
 
 
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """Softmax statistics in at least fp32 (bf16 / fp16 inputs on GPUs)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 class _BlockedAttention(torch.autograd.Function):
     """softmax over the pattern's pieces jointly, forward and a hand-written backward.
 
@@ -292,7 +287,7 @@ class _BlockedAttention(torch.autograd.Function):
         for pc, s, pd, keep_i, (qi, ki, vi) in zip(pieces, probs, _dropped(probs, keep, pieces, dropout_p), kept,
                                                    layouts, strict=True):
             dyi = pc.queries(dy)
-            dp = _f32(dyi @ vi.transpose(-1, -2))
+            dp = (dyi @ vi.transpose(-1, -2)).to(torch.promote_types(dtype, torch.float32))  # fp32 statistics
             if keep_i is not None:
                 dp.mul_(keep_i).div_(1.0 - dropout_p)
             dv = pc.key_grad(pd.to(dtype).transpose(-1, -2) @ dyi, dv)
@@ -327,13 +322,9 @@ def blocked_sparse_attention(q, k, v, kind: Pattern | str, dropout_p: float = 0.
 
 
 # ----------------------------------------------------------------------------------------------
-# Fused implementation (CPU): the same pieces, each through PyTorch's fused flash-attention kernel
-#
-# The kernel returns each piece's output y_i and log-sum-exp l_i per query; the joint softmax over all
-# pieces is then the merge used by flash-decoding:  l = log(sum_i exp(l_i)),  y = sum_i exp(l_i - l) y_i.
-# Its backward, given the merged y and l, computes P_i = exp(S_i - l) (the joint probabilities restricted to
-# piece i) and D = rowsum(dO * y), so one kernel call per piece gives exactly that piece's share of dQ, dK, dV.
-# No score matrix outlives a kernel call: memory O(n D), like dense flash attention.
+# Fused implementation (CPU): the same pieces, each through PyTorch's fused flash-attention kernel, merged as
+# in flash-decoding (module docstring). Its backward, given the merged y and l, computes P_i = exp(S_i - l) (the
+# joint probabilities restricted to piece i) and D = rowsum(dO * y): exactly that piece's share of dQ, dK, dV.
 
 _flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 _flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -404,8 +395,7 @@ class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, p: Pattern):
         B, H, T, D = q.shape
-        w, c = p.k, p.c
-        nb = -(-T // w)
+        w, c, nb = p.k, p.c, -(-T // p.k)
         masks = _fused_masks(p, T, q.device, q.dtype)
         scale = 1.0 / math.sqrt(D)
         qb, kb, vb = (_blocks(t, w).view(B * H, nb, w, D) for t in (q, k, v))

@@ -57,7 +57,7 @@ class StageRun:
         """The language model a stage starts from (`key` names the config field, for the error)."""
         if not path:
             raise ConfigError(f"{self.stage}: set {key}=<checkpoint or run dir>")
-        return load_checkpoint(path, lm=True)
+        return load_checkpoint(path)
 
     def train(self, model: torch.nn.Module, task: TrainTask, base: Loaded | tuple[Tokenizer, Path],
               resume: bool = False, extras: dict[str, Any] | None = None) -> TrainResult:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -62,14 +63,8 @@ class TokenizerError(ValueError):
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from the 256 byte values to printable characters (how byte-level BPE spells bytes)."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    cs = bs[:]
-    n = 0
-    for b in range(N_BYTES):
-        if b not in bs:
-            bs.append(b)
-            cs.append(N_BYTES + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
+    extra = [b for b in range(N_BYTES) if b not in bs]  # spelled as the characters from 256 on
+    return dict(zip(bs + extra, map(chr, bs + [N_BYTES + i for i in range(len(extra))]), strict=True))
 
 
 BYTE_TO_CHAR = bytes_to_unicode()
@@ -89,7 +84,6 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 # ---- merges <-> ranks -----------------------------------------------------------------------------------
-
 
 def _bpe(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
     """tiktoken's BPE on the bytes of `token`, using only tokens ranked below `max_rank`."""
@@ -122,10 +116,7 @@ def canonical_merges(ranks: dict[bytes, int]) -> tuple[list[tuple[bytes, bytes]]
 def consistent_ranks(ranks: dict[bytes, int], first_id: int) -> dict[bytes, int]:
     """Drop tokens without a canonical merge (until none is left), then renumber from `first_id` in order."""
     ranks = dict(ranks)
-    while True:
-        _, orphans = canonical_merges(ranks)
-        if not orphans:
-            break
+    while orphans := canonical_merges(ranks)[1]:
         for token in orphans:
             del ranks[token]
     order = sorted(ranks, key=ranks.__getitem__)
@@ -185,7 +176,6 @@ def _check_file(config: dict, ranks: dict[bytes, int], specials: dict[str, int],
 
 # ---- the tokenizer --------------------------------------------------------------------------------------
 
-
 class Tokenizer:
     """The project's tokenizer: the HF object (file format, training, reference) plus tiktoken (speed).
 
@@ -199,8 +189,7 @@ class Tokenizer:
         self.source = source
         self._fingerprint = fingerprint
         vocab = hf.get_vocab(with_added_tokens=True)
-        missing = [s for s in SPECIAL_TOKENS if s not in vocab]
-        if missing:
+        if missing := [s for s in SPECIAL_TOKENS if s not in vocab]:
             raise TokenizerError(f"{source}: tokenizer lacks the special tokens {', '.join(missing)}")
         self.specials = {s: vocab[s] for s in SPECIAL_TOKENS}
         ranks: dict[bytes, int] = {}
@@ -221,8 +210,6 @@ class Tokenizer:
         self.tt = tiktoken.Encoding(name=f"gptrecipe-{len(vocab)}", pat_str=GPT4_SPLIT_PATTERN,
                                     mergeable_ranks=ranks, special_tokens=self.specials)
         self._hf_text: HFTokenizer | None = None  # lazily: a copy that reads special-token strings as text
-
-    # ---- construction ---------------------------------------------------------------------------------
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, *, show_progress: bool = True) -> Tokenizer:
@@ -289,8 +276,6 @@ class Tokenizer:
         self.source = str(path)
         self._fingerprint = hashlib.sha256(data).hexdigest()
 
-    # ---- properties -----------------------------------------------------------------------------------
-
     @property
     def vocab_size(self) -> int:
         """Number of ids (special tokens included); ids are 0..vocab_size-1."""
@@ -317,16 +302,12 @@ class Tokenizer:
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, source={self.source!r})"
 
-    # ---- encode / decode ------------------------------------------------------------------------------
-
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Text -> ids. Special-token strings in `text` are plain text unless allow_special=True.
 
         Lone surrogates (not valid Unicode, e.g. from a JSON escape) are encoded as U+FFFD, as tiktoken does.
         """
-        if allow_special:
-            return self.tt.encode(text, allowed_special="all")
-        return self.tt.encode_ordinary(text)
+        return self.tt.encode(text, allowed_special="all") if allow_special else self.tt.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 0) -> list[list[int]]:
         """Many texts on `num_threads` threads (0 = all cores); special-token strings are plain text."""
@@ -364,20 +345,11 @@ class Tokenizer:
 def compression_stats(tok: Tokenizer, texts: Iterable[str]) -> dict:
     """Bytes, chars and tokens of `texts`, and bytes/token and chars/token."""
     n_bytes = n_chars = n_tokens = 0
-    batch: list[str] = []
-
-    def flush() -> None:
-        nonlocal n_tokens
+    it = iter(texts)
+    while batch := list(itertools.islice(it, 256)):
+        n_bytes += sum(len(text.encode("utf-8", errors="surrogatepass")) for text in batch)
+        n_chars += sum(map(len, batch))
         n_tokens += sum(map(len, tok.encode_batch(batch)))
-        batch.clear()
-
-    for text in texts:
-        n_bytes += len(text.encode("utf-8", errors="surrogatepass"))
-        n_chars += len(text)
-        batch.append(text)
-        if len(batch) >= 256:
-            flush()
-    flush()
     return {"bytes": n_bytes, "tokens": n_tokens, "chars": n_chars,
             "bytes_per_token": n_bytes / n_tokens if n_tokens else 0.0,
             "chars_per_token": n_chars / n_tokens if n_tokens else 0.0}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -82,18 +83,19 @@ class Batch:
     width: int
 
 
-class TrainTask:
-    """What a stage plugs into the loop. `get_batch` and `loss` are required; the rest have defaults."""
+class TrainTask(ABC):
+    """What a stage plugs into the loop. `get_batch` and `loss` are required (abstract); the rest have defaults."""
 
     tokens_per_row: int = 0  # nominal tokens per row, for train.batch_tokens arithmetic
 
+    @abstractmethod
     def get_batch(self, step: int, micro_step: int, micro_batch_size: int, grad_accum: int,
                   rank: int, world_size: int) -> Batch:
-        raise NotImplementedError
+        """Micro batch `micro_step` of this rank's share of step `step`'s global batch."""
 
+    @abstractmethod
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """Each loss term summed over the micro batch (the keys of the batch's `counts`)."""
-        raise NotImplementedError
 
     def grad_accum(self, cfg: TrainConfig, world_size: int) -> int:
         """Micro steps per optimizer step."""
@@ -115,13 +117,14 @@ class TrainTask:
 
     def finish(self, model: torch.nn.Module) -> None:
         """Called once after the last optimizer step, before the final checkpoint (e.g. the reward shift)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """The stage's state beyond the weights that a resumed run needs (e.g. PPO's adaptive KL coefficient)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        return None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -220,12 +223,10 @@ class Trainer:
         batches = [self.task.get_batch(step, m, cfg.micro_batch_size, self.accum, info.rank, info.world_size)
                    for m in range(self.accum)]
         terms = sorted({k for b in batches for k in b.counts})
-        totals = all_reduce_sum(torch.tensor([[sum(b.counts.get(k, 0) for b in batches) for k in terms]
-                                              + [sum(b.tokens for b in batches)]], dtype=torch.float64), info,
-                                self.device)[0].tolist()
-        counts, tokens = dict(zip(terms, totals[:-1], strict=True)), int(totals[-1])
-        flops = all_reduce_sum(torch.tensor([sum(self.task.flops(unwrap(self.model), b) for b in batches)],
-                                            dtype=torch.float64), info, self.device).item()
+        mine = [*(sum(b.counts.get(k, 0) for b in batches) for k in terms), sum(b.tokens for b in batches),
+                sum(self.task.flops(unwrap(self.model), b) for b in batches)]
+        *totals, tokens, flops = all_reduce_sum(torch.tensor(mine, dtype=torch.float64), info, self.device).tolist()
+        counts, tokens = dict(zip(terms, totals, strict=True)), int(tokens)
         parts = torch.zeros(len(terms), dtype=torch.float64)
         for m, b in enumerate(batches):
             tensors = tuple(t.to(self.device, non_blocking=True) for t in b.tensors)
@@ -242,7 +243,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        parts = all_reduce_sum(parts[None], info, self.device)[0]
+        parts = all_reduce_sum(parts, info, self.device)
         self.step_no += 1
         self.tokens_seen += tokens
         row = {"step": self.step_no, "loss": parts.sum().item(), "lr": lr, "grad_norm": grad_norm,
@@ -261,8 +262,8 @@ class Trainer:
         with autocast(self.device, self.dtype):
             out = self.task.evaluate(self.model, self.cfg.eval_batches)
         self.model.train()
-        return {k: all_reduce_sum(torch.tensor([v], dtype=torch.float64), self.info, self.device).item()
-                / self.info.world_size for k, v in out.items()}
+        means = all_reduce_sum(torch.tensor(list(out.values()), dtype=torch.float64), self.info, self.device)
+        return dict(zip(out, (means / self.info.world_size).tolist(), strict=True))
 
     def maybe_evaluate(self, log: MetricsLog, bar, on_eval) -> None:
         if not self._due(self.cfg.eval_every):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptrecipe.checkpoint import load_checkpoint
 from gptrecipe.cli import main
 from gptrecipe.data.readers import DataError
 from gptrecipe.finetune import (
@@ -21,7 +22,6 @@ from gptrecipe.finetune import (
     encode_examples,
     finetune,
     label_index,
-    load_finetuned,
     read_examples,
     score_file,
 )
@@ -135,7 +135,8 @@ def test_each_task_type_learns_a_separable_toy_task(task, steps, base_ckpt, tmp_
                                                               device="cpu", progress=False, dtype="fp32"))
     result = finetune(cfg, log=lambda *a: None)
     assert result.evals[-1]["val_accuracy"] > 0.9, result.evals
-    model, tok, extras = load_finetuned(cfg.run_dir)
+    loaded = load_checkpoint(cfg.run_dir, expect=TaskHeadModel)
+    model, tok, extras = loaded.model, loaded.tokenizer, loaded.meta.extras
     assert extras["task"] == task and model.ignore == [tok.id_of(DELIM), tok.id_of(EXTRACT)]
     assert (tmp_path / task / "report.md").exists()
     assert score_file(str(cfg.run_dir), val_file) == pytest.approx(result.evals[-1]["val_accuracy"])

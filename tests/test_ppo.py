@@ -122,7 +122,7 @@ def test_ppo_raises_reward_with_bounded_kl(sft_and_rm, tmp_path):
     step1 = next(r for r in rows if r.get("step") == 1 and "loss" in r)
     assert step1["clip_frac"] == 0.0 and abs(step1["approx_kl_old"]) < 1e-5  # no dropout: ratio exactly 1
     assert {"rm_score", "kl", "entropy", "policy_loss", "value_loss", "response_len"} <= set(step1)
-    policy = load_checkpoint(tmp_path / "ppo", lm=True)  # the run's checkpoint loads as the policy
+    policy = load_checkpoint(tmp_path / "ppo")  # the run's checkpoint loads as the policy
     assert isinstance(policy.model, GPT) and policy.meta.stage == "ppo"
     assert not (tmp_path / "ppo" / "policy").exists()
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from gptrecipe.checkpoint import CheckpointError, load_checkpoint
 from gptrecipe.data.readers import DataError
 from gptrecipe.model import GPT
 from gptrecipe.rm import (
@@ -13,7 +14,6 @@ from gptrecipe.rm import (
     RewardModel,
     RMConfig,
     listwise_loss,
-    load_reward_model,
     pairwise_loss,
     read_rankings,
     score,
@@ -101,7 +101,10 @@ def test_train_reward_model_end_to_end_and_mean_zero(small_tok, tmp_path):
                                      checkpoint_every=20, device="cpu", progress=False, dtype="fp32"))
     res = train_reward_model(cfg, log=lambda *a: None)
     assert res.evals[-1]["val_accuracy"] > 0.9
-    model, enc = load_reward_model(tmp_path / "rm")
+    rm = load_checkpoint(tmp_path / "rm", expect=RewardModel)
+    model, enc = rm.model.eval(), RewardEncoder(rm.tokenizer, 64)
+    with pytest.raises(CheckpointError, match="not a language model"):
+        load_checkpoint(tmp_path / "rm")  # a reward model is not a GPT to sample from
     rs = toy_rankings(60)
     order = np.random.default_rng(1337).permutation(60)
     train_set = [rs[i] for i in order[6:]]

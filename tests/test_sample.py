@@ -39,7 +39,7 @@ def test_temperature_scales_logits():
 def test_greedy_equals_argmax_of_full_forward(tiny_model):
     prompt = [5, 17, 99, 3]
     steps = list(generate_ids(tiny_model, [prompt], SamplingConfig(max_new_tokens=12, temperature=0)))
-    got = [int(t[0]) for t, _ in steps]
+    got = [int(t[0]) for t in steps]
     seq = list(prompt)
     for _ in range(12):  # reference: recompute everything, no cache
         seq.append(int(tiny_model(torch.tensor([seq]))[0][0, -1].argmax()))
@@ -104,7 +104,7 @@ def test_row_decoder_stop_token_and_budget_release_held_text(byte_tok):
 def test_generate_rows_keeps_the_raw_tokens_and_whether_a_stop_token_ended_the_row(tiny_model):
     cfg = SamplingConfig(max_new_tokens=12, temperature=1.0, seed=5)
     prompts = [[5, 17], [99, 3, 4, 8], [42]]
-    raw = [[int(t[i]) for t, _ in generate_ids(tiny_model, prompts, cfg)] for i in range(3)]
+    raw = [[int(t[i]) for t in generate_ids(tiny_model, prompts, cfg)] for i in range(3)]
     stop = raw[0][4]
     rows = generate_rows(tiny_model, prompts, cfg, stop_ids=[stop])
     for r, seq in zip(rows, raw, strict=True):

@@ -22,7 +22,7 @@ import ast
 import importlib.metadata
 import importlib.util
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
@@ -45,8 +45,7 @@ def _missing(name: str) -> DataError:
 
 def package_dir(name: str) -> Path:
     """Directory of the package holding builtin corpus `name`, found without importing it."""
-    module = PACKAGES[name][0]
-    spec = importlib.util.find_spec(module)
+    spec = importlib.util.find_spec(PACKAGES[name][0])
     if spec is None or not spec.submodule_search_locations:
         raise _missing(name)
     return Path(next(iter(spec.submodule_search_locations)))
@@ -72,9 +71,7 @@ def builtin_documents(name: str) -> Iterator[str]:
     if name == "icl":
         return icl.icl_documents()
     builtin_id(name)  # validates the name and the installation
-    readers: dict[str, Callable[[], Iterator[str]]] = {"shakespeare": shakespeare, "kjv": kjv,
-                                                       "chatterbot": chatterbot}
-    return readers[name]()
+    return {"shakespeare": shakespeare, "kjv": kjv, "chatterbot": chatterbot}[name]()
 
 
 # ---- shakespeare ---------------------------------------------------------------------------------------
@@ -152,17 +149,14 @@ def kjv_books() -> tuple[tuple[str, str], ...]:
     call = next((n for n in ast.walk(tree) if isinstance(n, ast.Call) and len(n.args) >= 7), None)
     if call is None:
         raise DataError(f"{path}: no `Bible(...)` call with the text: unexpected file layout")
-    args = call.args
-    text, starts, ends = (ast.literal_eval(a) for a in args[1:4])
-    titles = [ast.literal_eval(v) for v in args[6].values]  # keys are `Book.X` names; the order is canonical
+    text, starts, ends = (ast.literal_eval(a) for a in call.args[1:4])
+    titles = [ast.literal_eval(v) for v in call.args[6].values]  # keys are `Book.X` names; the order is canonical
     first: dict[int, int] = {}
     last: dict[int, int] = {}
-    for verse, start in starts.items():
-        book = verse // 1_000_000
-        first[book] = min(first.get(book, start), start)
+    for verse, start in starts.items():  # verse // 10^6 is the book
+        first[verse // 1_000_000] = min(first.get(verse // 1_000_000, start), start)
     for verse, end in ends.items():
-        book = verse // 1_000_000
-        last[book] = max(last.get(book, end), end)
+        last[verse // 1_000_000] = max(last.get(verse // 1_000_000, end), end)
     books = sorted(first)
     if len(books) != len(titles):
         raise DataError(f"{path}: found {len(books)} books but {len(titles)} titles: unexpected file layout")

@@ -21,10 +21,6 @@ SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
 PARQUET_BATCH_ROWS = 1024
 
 
-def _read_text(path: Path) -> Iterator[str]:
-    yield decode_utf8(path.read_bytes(), path, line=1)
-
-
 def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
     for lineno, obj in read_jsonl(path):
         if not isinstance(obj, dict):
@@ -50,22 +46,19 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
     names = pf.schema_arrow.names
     if text_field not in names:
         raise DataError(f"{path}: no column {text_field!r} (columns: {', '.join(names)})")
-    row = 0
-    for batch in pf.iter_batches(columns=[text_field], batch_size=PARQUET_BATCH_ROWS):
-        for value in batch.column(0).to_pylist():
-            row += 1
-            if value is None:
-                continue
-            if not isinstance(value, str):
-                raise DataError(f"{path}: row {row}: column {text_field!r} is not text "
-                                f"({type(value).__name__})")
-            yield value
+    batches = pf.iter_batches(columns=[text_field], batch_size=PARQUET_BATCH_ROWS)
+    for row, value in enumerate((v for batch in batches for v in batch.column(0).to_pylist()), start=1):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise DataError(f"{path}: row {row}: column {text_field!r} is not text ({type(value).__name__})")
+        yield value
 
 
 def _read_file(path: Path, text_field: str) -> Iterator[str]:
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        yield from _read_text(path)
+        yield decode_utf8(path.read_bytes(), path, line=1)
     elif suffix == ".jsonl":
         yield from _read_jsonl(path, text_field)
     elif suffix == ".parquet":

@@ -89,9 +89,8 @@ class TokenShards:
         i = int(np.searchsorted(self.offsets, start, side="right")) - 1
         parts = []
         while length > 0:
-            a = self.arrays[i]
             lo = start - int(self.offsets[i])
-            part = a[lo: lo + length]
+            part = self.arrays[i][lo: lo + length]
             parts.append(part)
             start += len(part)
             length -= len(part)
@@ -226,9 +225,7 @@ class _ShardWriter:
     def __init__(self, directory: Path, prefix: str, dtype: np.dtype, limit: int):
         self.dir, self.prefix, self.dtype, self.limit = directory, prefix, dtype, limit
         self.files: list[Path] = []
-        self.fh = None
-        self.count = 0  # tokens in the current file
-        self.total = 0
+        self.fh, self.count, self.total = None, 0, 0  # count: tokens in the current file
 
     def write(self, tokens: np.ndarray) -> None:
         while len(tokens):
@@ -265,10 +262,9 @@ def _move_tail(train: _ShardWriter, val: _ShardWriter, n_val: int) -> None:
         if lo < n:
             os.truncate(f, lo * itemsize)
         begin += n
-    for f in train.files:
-        if not f.stat().st_size:
-            f.unlink()
-    train.files = [f for f in train.files if f.exists()]
+    for f in [f for f in train.files if not f.stat().st_size]:
+        f.unlink()
+        train.files.remove(f)
     val.close()
 
 
@@ -277,9 +273,7 @@ def _total_bytes(corpus: CorpusConfig) -> int | None:
     if corpus.source.startswith("builtin:"):
         return None
     files = source_files(corpus.source)
-    if all(f.suffix.lower() in TEXT_SUFFIXES for f in files):
-        return sum(f.stat().st_size for f in files)
-    return None
+    return sum(f.stat().st_size for f in files) if all(f.suffix.lower() in TEXT_SUFFIXES for f in files) else None
 
 
 def _tokenize_corpus(corpus: CorpusConfig, cfg: DataConfig, tokenizer, out: Path, key: str,

@@ -72,8 +72,7 @@ class LocalBackend:
         out: list[tuple[float, int]] = [(0.0, 0)] * len(requests)
         for b in range(0, len(order), self.batch_size):
             batch = order[b: b + self.batch_size]
-            extra = max(len(conts[i]) for c in batch for i in groups[c]) - 1  # tokens fed after the context
-            extra = max(extra, 0)
+            extra = max(0, max(len(conts[i]) for c in batch for i in groups[c]) - 1)  # tokens fed after the context
             rows = [ids[c][-(block - extra):] for c in batch]
             width = max(map(len, rows))
             x = torch.full((len(rows), width), self.tok.eot_id, dtype=torch.long)
@@ -185,10 +184,8 @@ def evaluate_tasks(backend: Backend, tasks: Sequence[Task], ks: Sequence[int], *
                 raise ValueError(f"K must be >= 0, got {k}")
             for i in range(n):
                 item = task.test[i]
-                if item.choices is not None:
-                    reserve = max(backend.count_tokens(c) for c in item.choices) + 1
-                else:
-                    reserve = max_new_tokens
+                reserve = (max(backend.count_tokens(c) for c in item.choices) + 1 if item.choices is not None
+                           else max_new_tokens)
                 prompt = fit_prompt(task, i, k, seed, backend.count_tokens, backend.max_tokens, reserve)
                 plan.append((task, k, i, prompt))
     ll_requests = [(p.text, c) for t, _, i, p in plan if t.test[i].choices is not None for c in p.continuations]
@@ -210,18 +207,16 @@ def evaluate_tasks(backend: Backend, tasks: Sequence[Task], ks: Sequence[int], *
         rec = per.setdefault((task.name, k), {"shown": [], "acc": [], "acc_norm": [], "exact": [],
                                               "normalized": [], "correct": [], "chance": []})
         rec["shown"].append(prompt.k)
+        rec["chance"].append(1 / len(item.choices) if item.choices is not None else 0.0)
         if item.choices is not None:
             scores = [next(ll) for _ in item.choices]
             ok = pick_choice(scores, item.choices, False) == item.answer
             rec["acc"].append(float(ok))
             rec["acc_norm"].append(float(pick_choice(scores, item.choices, True) == item.answer))
-            rec["chance"].append(1 / len(item.choices))
         else:
-            pred = generations[j]
-            ok = exact_match(pred, item.output)
+            ok = exact_match(generations[j], item.output)
             rec["exact"].append(float(ok))
-            rec["normalized"].append(float(normalized_match(pred, item.output)))
-            rec["chance"].append(0.0)
+            rec["normalized"].append(float(normalized_match(generations[j], item.output)))
         rec["correct"].append(float(ok))
     out = []
     for (name, k), rec in per.items():

@@ -26,13 +26,8 @@ def token_byte_lengths(tok) -> np.ndarray:
     """UTF-8 bytes of each token id (0 for special tokens)."""
     special = {tok.eot_id, *getattr(tok, "specials", {}).values()}
     decode = getattr(tok, "decode_bytes", None)
-    lengths = []
-    for i in range(tok.vocab_size):
-        if i in special:
-            lengths.append(0)
-        else:
-            lengths.append(len(decode([i]) if decode else tok.decode([i]).encode("utf-8")))
-    return np.array(lengths, dtype=np.int64)
+    return np.array([0 if i in special else len(decode([i]) if decode else tok.decode([i]).encode("utf-8"))
+                     for i in range(tok.vocab_size)], dtype=np.int64)
 
 
 @torch.no_grad()

@@ -28,11 +28,9 @@ class OpenAIBackend:
         `tokenizer` (to count prompt tokens) K is capped to fit; otherwise prompts go as they are. `prefix` goes
         before every prompt: "<|endoftext|>" makes `gptrecipe serve` score exactly as a local checkpoint does
         (which starts every prompt as a document)."""
-        self.url = base_url.rstrip("/") + "/completions"
-        self.prefix = prefix
+        self.url, self.prefix, self.tokenizer = base_url.rstrip("/") + "/completions", prefix, tokenizer
         self.model, self.batch_size, self.timeout, self.max_stops = model, batch_size, timeout, max_stops
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
-        self.tokenizer = tokenizer
         self.max_tokens = max_tokens if tokenizer is not None else None
         self.name = f"{model} @ {base_url}"
 
@@ -92,8 +90,7 @@ class OpenAIBackend:
                                        "temperature": 0}
             if stop:
                 payload["stop"] = list(stop)[: self.max_stops]  # OpenAI accepts at most 4
-            resp = self._post(payload)
-            for choice in resp["choices"]:
+            for choice in self._post(payload)["choices"]:
                 text = choice.get("text")
                 if not isinstance(text, str):
                     raise EndpointError(f"{self.url}: a choice without 'text'")

@@ -29,7 +29,6 @@ from .tasks import Task, load_task_files
 @dataclass
 class EvalConfig(RunConfig):
     name: str = "eval"
-    out_dir: str = "runs"
     model: str = ""  # checkpoint or run dir; or, with base_url, the model name at the endpoint
     base_url: str = ""  # an OpenAI-compatible endpoint (http://host:port/v1) instead of a local checkpoint
     api_tokenizer: str = ""  # tokenizer.json counting the endpoint's tokens, to cap K (with max_context)
@@ -74,7 +73,7 @@ def make_backend(cfg: EvalConfig):
                              max_tokens=cfg.max_context or None, prefix=cfg.api_prompt_prefix), None, tok
     if not cfg.model:
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
-    loaded = load_checkpoint(cfg.model, pick_device(cfg.device), lm=True)
+    loaded = load_checkpoint(cfg.model, pick_device(cfg.device))
     model, tok = loaded.model.eval(), loaded.tokenizer
     return LocalBackend(model, tok, batch_size=cfg.batch_size, name=str(loaded.path)), model, tok
 

@@ -61,10 +61,9 @@ def make_task(rule: Rule, name: str, rng: np.random.Generator, cfg: SyntheticCon
     order = rng.permutation(len(rule.universe))
     test_ix, train_ix = order[: cfg.test_items], order[cfg.test_items: cfg.test_items + cfg.train_items]
     test = []
-    for i in test_ix:
-        x, y = rule.universe[i]
+    for j, (x, y) in enumerate(rule.universe[i] for i in test_ix):
         choices, answer = _choices(rule, x, y, cfg.choices, rng, cfg.distractors)
-        test.append(Item(x, choices=choices, answer=answer, where=f"{name} item {len(test)}"))
+        test.append(Item(x, choices=choices, answer=answer, where=f"{name} item {j}"))
     train = [Item(*rule.universe[i], where=f"{name} train {j}") for j, i in enumerate(train_ix)]
     return Task(name=name, test=test, train=train, description=rule.description, example_format=EXAMPLE_FORMAT,
                 separator=SEPARATOR, description_separator=DESCRIPTION_SEPARATOR, source=f"builtin:synthetic/{name}")

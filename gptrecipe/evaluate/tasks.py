@@ -42,9 +42,7 @@ class Item:
     @property
     def output(self) -> str:
         """The right answer, as shown when this item is a solved example."""
-        if self.choices is not None:
-            return self.choices[self.answer or 0]
-        return self.target or ""
+        return self.choices[self.answer or 0] if self.choices is not None else self.target or ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -89,8 +87,7 @@ def check_format(fmt: str, where: str) -> None:
 
 
 def parse_header(obj: dict, where: str) -> dict:
-    unknown = sorted(set(obj) - set(HEADER_FIELDS))
-    if unknown:
+    if unknown := sorted(set(obj) - set(HEADER_FIELDS)):
         raise DataError(f"{where}: unknown header field(s) {', '.join(map(repr, unknown))}; "
                         f"valid: {', '.join(HEADER_FIELDS)} (items need an 'input')")
     for k, v in obj.items():
@@ -108,8 +105,7 @@ def parse_item(obj: object, where: str) -> tuple[Item, str]:
     """An item and its split from one JSON object."""
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(ITEM_FIELDS))
-    if unknown:
+    if unknown := sorted(set(obj) - set(ITEM_FIELDS)):
         raise DataError(f"{where}: unknown field(s) {', '.join(map(repr, unknown))}; valid: {', '.join(ITEM_FIELDS)}")
     if not isinstance(obj.get("input"), str):
         raise DataError(f"{where}: field 'input': {'missing' if 'input' not in obj else 'must be a string'}")
@@ -144,15 +140,13 @@ def _read_items(path: Path, header_allowed: bool) -> tuple[dict, list[Item], lis
     header: dict = {}
     train: list[Item] = []
     test: list[Item] = []
-    first = True
-    for lineno, obj in read_jsonl(path):
+    for n, (lineno, obj) in enumerate(read_jsonl(path)):
         where = f"{path}: line {lineno}"
-        if header_allowed and first and isinstance(obj, dict) and "input" not in obj:
+        if header_allowed and n == 0 and isinstance(obj, dict) and "input" not in obj:
             header = parse_header(obj, where)
         else:
             item, split = parse_item(obj, where)
             (train if split == "train" else test).append(item)
-        first = False
     return header, train, test
 
 
@@ -167,8 +161,7 @@ def _make_task(path: Path, header: dict, train: list[Item], test: list[Item]) ->
 
 def load_task_file(path: str | Path) -> Task:
     path = Path(path)
-    header, train, test = _read_items(path, header_allowed=True)
-    return _make_task(path, header, train, test)
+    return _make_task(path, *_read_items(path, header_allowed=True))
 
 
 def load_task_dir(path: Path) -> Task:

@@ -78,9 +78,6 @@ def error_response(status: int, message: str, type: str = "invalid_request_error
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status)
 
 
-# ---- request bodies -----------------------------------------------------------------------------------
-
-
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -286,8 +283,6 @@ class _Server:
         p, c = sum(map(len, prompts)), sum(len(ch.tokens) for ch in choices)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    # ---- /v1/completions --------------------------------------------------------------------------
-
     def completion_prompts(self, prompt: Any) -> list[list[int]]:
         if isinstance(prompt, str):
             prompt = [prompt]
@@ -357,20 +352,22 @@ class _Server:
 
         async def events() -> AsyncIterator[str]:
             choices = [Choice(i) for i in range(len(prompts) * req.n)]
-            for part in opening:
-                yield _sse({**head, "choices": [part]})
-            async for ev in self.engine.astream(prompts, params, n=req.n):
-                choices[ev.choice].add(ev)
-                _raise_engine_error(ev)
-                for part in parts(ev):
+            try:
+                for part in opening:
                     yield _sse({**head, "choices": [part]})
-            if req.stream_options and req.stream_options.include_usage:
-                yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
+                async for ev in self.engine.astream(prompts, params, n=req.n):
+                    choices[ev.choice].add(ev)
+                    _raise_engine_error(ev)
+                    for part in parts(ev):
+                        yield _sse({**head, "choices": [part]})
+                if req.stream_options and req.stream_options.include_usage:
+                    yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
+            except APIError as e:  # headers are sent: report in-band, as OpenAI does
+                yield _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
             yield "data: [DONE]\n\n"
 
-        return _stream(events())
-
-    # ---- /v1/chat/completions ---------------------------------------------------------------------
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def chat_logprobs(self, lps: list[TokenLogprob] | None) -> dict[str, list] | None:
         if lps is None:
@@ -410,8 +407,6 @@ class _Server:
                 "model": self.served.name}
         opening = [delta(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
         return await self.respond(req, [ids], params, head, whole, parts, opening, chunk="chat.completion.chunk")
-
-    # ---- the rest -----------------------------------------------------------------------------------
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.served.name, "object": "model", "created": self.created, "owned_by": "gptrecipe",
@@ -475,19 +470,6 @@ def _raise_engine_error(ch: Choice | Event) -> None:
         raise APIError(500, ch.error or "generation failed", type="server_error")
 
 
-def _stream(events: AsyncIterator[str]) -> StreamingResponse:
-    async def guarded() -> AsyncIterator[str]:
-        try:
-            async for s in events:
-                yield s
-        except APIError as e:  # headers are sent: report in-band, as OpenAI does
-            yield _sse({"error": {"message": e.message, "type": e.type, "param": e.param, "code": e.code}})
-            yield "data: [DONE]\n\n"
-
-    return StreamingResponse(guarded(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
 def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None = None, api_key: str | None = None,
                feedback: str | Path | None = None, device: str = "auto", chat: bool | None = None,
                max_rows: int = 32, max_tokens_limit: int = MAX_TOKENS_LIMIT,
@@ -502,11 +484,8 @@ def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine.start()
-        try:
+        with engine:  # started with the app, closed at shutdown
             yield
-        finally:
-            engine.close()
 
     app = FastAPI(title="gptrecipe", version="0.1.0", lifespan=lifespan,
                   description=f"OpenAI-compatible API for '{served.name}' ({'chat' if served.chat else 'base'} model)")
@@ -531,8 +510,7 @@ def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None =
     async def auth(request: Request) -> None:
         if api_key is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise APIError(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'",
                            type="authentication_error", code="invalid_api_key")
@@ -599,8 +577,7 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property

@@ -165,11 +165,10 @@ class _Row:
 def _token_logprobs(lp: torch.Tensor, tokens: torch.Tensor, k: int) -> list[TokenLogprob]:
     """(T, V) log-probabilities and the (T,) tokens taken -> one TokenLogprob per row."""
     chosen = lp.gather(-1, tokens[:, None]).squeeze(-1).tolist()
-    if k > 0:
+    tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
+    if k > 0:  # topk(0) would still cost a pass over the vocabulary
         top_v, top_i = lp.topk(min(k, lp.size(-1)), dim=-1)
         tops = [list(zip(i, v, strict=True)) for i, v in zip(top_i.tolist(), top_v.tolist(), strict=True)]
-    else:
-        tops = [[] for _ in chosen]
     return [TokenLogprob(t, c, top) for t, c, top in zip(tokens.tolist(), chosen, tops, strict=True)]
 
 
@@ -198,8 +197,6 @@ class Engine:
         self._cache: KVCache | None = None
         self._logits: torch.Tensor | None = None  # (rows, V): the next token's logits of every running row
 
-    # ---- lifecycle ----------------------------------------------------------------------------------
-
     def start(self) -> Engine:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="gptrecipe-engine", daemon=True)
@@ -225,16 +222,13 @@ class Engine:
         with self._cond:
             return len(self._rows) + sum(j.req.n for j in self._pending)
 
-    # ---- requests -----------------------------------------------------------------------------------
-
     def check_prompt(self, prompt: Sequence[int]) -> list[int]:
         """A prompt as a list of valid ids; PromptTooLongError if it does not fit in the context."""
         ids = [int(t) for t in prompt]
         if not ids:
             raise ValueError("a prompt needs at least one token")
         if len(ids) > self.block:
-            raise PromptTooLongError(f"the prompt has {len(ids)} tokens but the model's context is {self.block} "
-                                     "tokens")
+            raise PromptTooLongError(f"the prompt has {len(ids)} tokens but the model's context is {self.block} tokens")
         bad = [t for t in ids if not 0 <= t < self.vocab]
         if bad:
             raise ValueError(f"token ids must be in 0..{self.vocab - 1}, got {bad[:5]}")
@@ -276,19 +270,16 @@ class Engine:
         left = len(prompts) * n
         try:
             while left:
-                ev = self._get(q)
+                try:  # wait in short slices so Ctrl-C reaches the main thread promptly
+                    ev = q.get(timeout=0.1)
+                except queue.Empty:
+                    if self._closed:
+                        raise EngineClosed("the engine was closed") from None
+                    continue
                 left -= ev.finish_reason is not None
                 yield ev
         finally:
             self.cancel(rid)
-
-    def _get(self, q: queue.Queue) -> Event:
-        while True:  # wait in short slices so Ctrl-C reaches the main thread promptly
-            try:
-                return q.get(timeout=0.1)
-            except queue.Empty:
-                if self._closed:
-                    raise EngineClosed("the engine was closed") from None
 
     def complete(self, prompts: Sequence[Sequence[int]], params: GenParams, *, n: int = 1) -> list[Choice]:
         """Every choice of a request, whole (blocking)."""
@@ -302,11 +293,7 @@ class Engine:
         """`stream` for asyncio: events arrive through the running loop; closing the iterator cancels."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Event] = asyncio.Queue()
-
-        def sink(ev: Event) -> None:
-            loop.call_soon_threadsafe(q.put_nowait, ev)
-
-        rid = self.submit(prompts, params, sink, n=n)
+        rid = self.submit(prompts, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), n=n)
         left = len(prompts) * n
         try:
             while left:
@@ -374,18 +361,16 @@ class Engine:
                 self._requests.pop(req.id, None)
 
     def _fail(self, rows: list[_Row], message: str, jobs: list[_Job] | None = None) -> None:
-        for row in rows:
-            self._emit(row.req, Event(row.choice, finish_reason="error", error=message))
-        for job in jobs or []:
-            if not any(r.req is job.req for r in rows):
-                for s in range(job.req.n):
-                    self._emit(job.req, Event(job.index * job.req.n + s, finish_reason="error", error=message))
+        """End `rows`, and every choice of the `jobs` whose request has no row among them, with an error."""
+        jobs = [j for j in jobs or [] if not any(r.req is j.req for r in rows)]
+        failed = [(r.req, r.choice) for r in rows]
+        failed += [(j.req, j.index * j.req.n + s) for j in jobs for s in range(j.req.n)]
+        for req, choice in failed:
+            self._emit(req, Event(choice, finish_reason="error", error=message))
         self._rows, self._cache, self._logits = [], None, None
         with self._cond:
-            for req in {id(r.req): r.req for r in rows}.values():
+            for req, _ in failed:
                 self._requests.pop(req.id, None)
-            for job in jobs or []:
-                self._requests.pop(job.req.id, None)
 
     def _prefill(self, jobs: list[_Job]) -> None:
         """Run the new prompts through the model together and merge them into the running batch."""

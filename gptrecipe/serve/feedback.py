@@ -40,32 +40,29 @@ class FeedbackLog:
         self.ratings_path = self.path.with_name(self.path.name.removesuffix(".jsonl") + ".ratings.jsonl")
         self._lock = threading.Lock()
 
-    def _append(self, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    def _append(self, path: Path, messages: list[Message], meta: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        record = {"prompt": prompt_text(messages),
+                  "messages": [{"role": m.role, "content": m.content} for m in messages],
+                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  **{k: v for k, v in meta.items() if v is not None}, **fields}
         with self._lock:
             append_line(path, record)
         return record
-
-    @staticmethod
-    def _base(messages: list[Message], meta: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt": prompt_text(messages),
-                "messages": [{"role": m.role, "content": m.content} for m in messages],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                **{k: v for k, v in meta.items() if v is not None}}
 
     def add_comparison(self, messages: list[Message], chosen: str, rejected: str, **meta: Any) -> dict[str, Any]:
         """`chosen` was preferred to `rejected` as the reply to `messages`."""
         if chosen == rejected:
             raise ValueError("chosen and rejected are the same reply: no preference to learn from")
-        return self._append(self.path, {**self._base(messages, meta), "chosen": chosen, "rejected": rejected})
+        return self._append(self.path, messages, meta, chosen=chosen, rejected=rejected)
 
     def add_ranking(self, messages: list[Message], responses: list[str], **meta: Any) -> dict[str, Any]:
         """Replies to `messages` ranked best first."""
         if len(responses) < 2 or len(set(responses)) < len(responses):
             raise ValueError("a ranking needs at least 2 different replies")
-        return self._append(self.path, {**self._base(messages, meta), "responses": list(responses)})
+        return self._append(self.path, messages, meta, responses=list(responses))
 
     def add_rating(self, messages: list[Message], response: str, rating: int, **meta: Any) -> dict[str, Any]:
         """A thumbs up (+1) or down (-1) on one reply, into the ratings file."""
         if rating not in (1, -1):
             raise ValueError("rating must be 1 (thumbs up) or -1 (thumbs down)")
-        return self._append(self.ratings_path, {**self._base(messages, meta), "response": response, "rating": rating})
+        return self._append(self.ratings_path, messages, meta, response=response, rating=rating)

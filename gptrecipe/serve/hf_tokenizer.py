@@ -26,21 +26,11 @@ CHAT_TEMPLATE = (
 
 def tokenizer_info(tokenizer, *, model_max_length: int, chat: bool) -> dict[str, Any]:
     """Special tokens and limits, as tokenizer_config.json and the server's /tokenizer_info give them."""
-    info: dict[str, Any] = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|endoftext|>",
-        "eos_token": "<|end|>" if chat else "<|endoftext|>",
-        "pad_token": "<|pad|>",
-        "unk_token": None,
-        "model_max_length": model_max_length,
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "vocab_size": tokenizer.vocab_size,
-    }
-    if chat:
-        info["chat_template"] = CHAT_TEMPLATE
-    return info
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|endoftext|>",
+            "eos_token": "<|end|>" if chat else "<|endoftext|>", "pad_token": "<|pad|>", "unk_token": None,
+            "model_max_length": model_max_length, "add_bos_token": False, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False, "vocab_size": tokenizer.vocab_size,
+            **({"chat_template": CHAT_TEMPLATE} if chat else {})}
 
 
 def export_hf_tokenizer(tokenizer, out_dir: str | Path, *, model_max_length: int, chat: bool = False) -> Path:

@@ -24,21 +24,17 @@ class ServedModel:
     checkpoint: Path
 
     @property
-    def template(self) -> ChatTemplate:
-        return ChatTemplate(self.tokenizer)
-
-    @property
     def block_size(self) -> int:
         return self.model.config.block_size
 
     @property
     def stop_ids(self) -> list[int]:
         """Tokens that end a reply: <|end|> (and <|endoftext|>) for chat models, <|endoftext|> for base models."""
-        return self.template.stop_ids if self.chat else [self.tokenizer.eot_id]
+        return ChatTemplate(self.tokenizer).stop_ids if self.chat else [self.tokenizer.eot_id]
 
     def chat_ids(self, messages: list[Message]) -> list[int]:
         """The conversation rendered with the chat template, ending in <|assistant|>."""
-        return self.template.prompt_ids(messages)
+        return ChatTemplate(self.tokenizer).prompt_ids(messages)
 
 
 def default_name(ckpt: Path) -> str:
@@ -50,7 +46,7 @@ def load_served(checkpoint: str | Path, *, device: str = "auto", chat: bool | No
                 name: str | None = None) -> ServedModel:
     """Load a checkpoint (dir or run dir) with its tokenizer; `chat=None` decides from the stage it was
     saved by (sft / ppo are chat models, anything else a base model)."""
-    loaded = load_checkpoint(checkpoint, pick_device(device), lm=True)
+    loaded = load_checkpoint(checkpoint, pick_device(device))
     is_chat = loaded.meta.stage in CHAT_STAGES if chat is None else chat
     return ServedModel(name or default_name(loaded.path), loaded.model.eval(), loaded.tokenizer, is_chat,
                        loaded.meta.stage, loaded.path)

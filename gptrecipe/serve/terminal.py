@@ -9,6 +9,7 @@ dropped (the system prompt stays).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -31,8 +32,6 @@ class TerminalChat:
         self.system = system or ""
         self.messages: list[Message] = []
         self.stdin, self.out = stdin or sys.stdin, stdout or sys.stdout
-
-    # ---- conversation -------------------------------------------------------------------------------
 
     def conversation(self) -> list[Message]:
         return ([Message("system", self.system)] if self.system else []) + self.messages
@@ -84,8 +83,6 @@ class TerminalChat:
         Path(path).expanduser().write_text(json.dumps({"messages": msgs}, ensure_ascii=False, indent=2) + "\n")
         self.say(f"(saved {len(msgs)} messages to {path})")
 
-    # ---- the REPL -----------------------------------------------------------------------------------
-
     def say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
@@ -93,10 +90,8 @@ class TerminalChat:
     def read(self, prompt: str) -> str | None:
         """A line from the user, or None at end of input (Ctrl-D)."""
         if self.stdin is sys.stdin and sys.stdin.isatty() and self.out is sys.stdout:
-            try:
+            with contextlib.suppress(ImportError):
                 import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
             try:
                 return input(prompt)
             except EOFError:
