@@ -88,9 +88,10 @@ def load_ppo_config(preset: str | None = None, overrides: list[str] = ()) -> PPO
 
 def kl_rewards(logp: torch.Tensor, logp_ref: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
                beta: float) -> torch.Tensor:
-    """Per-token reward -beta (log pi - log pi_ref), plus the sequence score on its last real token."""
+    """Per-token reward -beta (log pi - log pi_ref), plus the sequence score on its last response token (the last
+    column the mask marks: responses start after their prompt, so not at mask.sum() - 1)."""
     rewards = -beta * (logp - logp_ref) * mask
-    last = mask.sum(1).long() - 1
+    last = mask.size(1) - 1 - mask.flip(1).argmax(1)
     rewards[torch.arange(len(scores)), last] += scores
     return rewards
 

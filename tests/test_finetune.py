@@ -125,7 +125,7 @@ def test_loss_is_task_loss_plus_lambda_times_lm_loss(small_tok):
 
 
 @pytest.mark.parametrize("task,steps", [("classification", 40), ("entailment", 60), ("similarity", 60),
-                                        ("multiple_choice", 60)])
+                                        ("multiple_choice", 150)])  # 60 steps: 0.67 on one of 10 seeds
 def test_each_task_type_learns_a_separable_toy_task(task, steps, base_ckpt, tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", toy(task, 400, seed=1))
     val_file = write_jsonl(tmp_path / "val.jsonl", toy(task, 64, seed=2))

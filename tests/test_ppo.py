@@ -19,6 +19,11 @@ def test_per_token_kl_reward_with_score_on_the_last_real_token():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     r = kl_rewards(logp, ref, torch.tensor([2.0, 3.0]), mask, beta=0.1)
     torch.testing.assert_close(r, torch.tensor([[-0.05, 0.0, 2.1], [-0.05, 3.0, 0.0]]))
+    # responses after a prompt (mask starts later, as PPOTask.sequences lays it out): the score goes on the last
+    # response column, never into the prompt where GAE would zero it
+    late = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0, 1.0]])
+    r = kl_rewards(torch.zeros(2, 5), torch.zeros(2, 5), torch.tensor([2.0, 3.0]), late, beta=0.1)
+    torch.testing.assert_close(r, torch.tensor([[0.0, 0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0, 3.0]]))
 
 
 def test_gae_hand_computed_and_zero_past_the_end():
@@ -59,7 +64,8 @@ def test_adaptive_kl_controller():
 
 
 def short_is_better(n: int):
-    """A preference a policy can act on at once: shorter replies are better (best first: 1, 3, 6, 10 words)."""
+    """A preference a policy can act on at once: shorter replies are better, and the best is always "fine" (best
+    first: "fine", then 3, 6, 10 random words), so the policy the reward model favours is a sharp one."""
     import numpy as np
 
     from gptrecipe.rm import Ranking
@@ -67,7 +73,7 @@ def short_is_better(n: int):
     rng = np.random.default_rng(0)
     words = ["you", "are", "thank", "hello", "fine", "what", "is", "the", "machine", "think"]
     return [Ranking(f"hello {i} what is the machine",
-                    [" ".join(rng.choice(words, k)) for k in (1, 3, 6, 10)]) for i in range(n)]
+                    ["fine"] + [" ".join(rng.choice(words, k)) for k in (3, 6, 10)]) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -111,20 +117,26 @@ def ppo_cfg(base, out, target_kl: float = 0.0, **train) -> PPOConfig:
 
 
 def test_ppo_raises_reward_with_bounded_kl(sft_and_rm, tmp_path):
-    # lr 2e-2 for 120 steps: the entropy falls to 0.10-0.30x on seeds 0-2 (AMD Zen 5), far from the bound, so
-    # floating-point differences between CPUs cannot carry it over
-    res = ppo(ppo_cfg(sft_and_rm, tmp_path, max_steps=120, lr=2e-2, eval_every=120, seed=0), log=lambda *a: None)
-    first, last = res.evals[0], res.evals[-1]
-    assert last["val_rm_score"] > first["val_rm_score"] + 0.5, (first, last)
-    assert last["val_kl"] < 10.0
-    assert last["val_entropy"] < 0.7 * first["val_entropy"]  # the policy sharpens towards what the RM rewards
-    rows = [json.loads(x) for x in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    """Three seeds (each one stands for another CPU's rounding): the RM score rises and the KL stays bounded in
+    each, and the policy sharpens towards the one reply the RM favours (entropy, mean over the seeds). Measured on
+    an AMD Zen 5 over seeds 0-9: rise >= 3.6, KL <= 5.3, entropy ratio 0.17-0.57 (any 3 in a row: <= 0.36)."""
+    ratios = []
+    for seed in (0, 1, 2):
+        cfg = dataclasses.replace(ppo_cfg(sft_and_rm, tmp_path / str(seed), max_steps=80, seed=seed), beta=0.05,
+                                  truncation_penalty=-10.0, val_prompts=32, rollout_batch=32)
+        res = ppo(cfg, log=lambda *a: None)
+        first, last = res.evals[0], res.evals[-1]
+        assert last["val_rm_score"] > first["val_rm_score"] + 0.5, (seed, first, last)
+        assert last["val_kl"] < 10.0, (seed, last)
+        ratios.append(last["val_entropy"] / first["val_entropy"])
+    assert sum(ratios) / len(ratios) < 0.7, ratios
+    rows = [json.loads(x) for x in (tmp_path / "0" / "ppo" / "metrics.jsonl").read_text().splitlines()]
     step1 = next(r for r in rows if r.get("step") == 1 and "loss" in r)
     assert step1["clip_frac"] == 0.0 and abs(step1["approx_kl_old"]) < 1e-5  # no dropout: ratio exactly 1
     assert {"rm_score", "kl", "entropy", "policy_loss", "value_loss", "response_len"} <= set(step1)
-    policy = load_checkpoint(tmp_path / "ppo")  # the run's checkpoint loads as the policy
+    policy = load_checkpoint(tmp_path / "0" / "ppo")  # the run's checkpoint loads as the policy
     assert isinstance(policy.model, GPT) and policy.meta.stage == "ppo"
-    assert not (tmp_path / "ppo" / "policy").exists()
+    assert not (tmp_path / "0" / "ppo" / "policy").exists()
 
 
 def test_ppo_resume_is_exact_and_keeps_the_kl_coefficient(sft_and_rm, tmp_path):
@@ -185,3 +197,12 @@ def test_minibatch_split_over_micro_steps_or_refused():
         accum(SimpleNamespace(minibatch_rows=lambda: 3), TrainConfig(micro_batch_size=1), 2)
     with pytest.raises(ConfigError, match="batch_tokens does not apply"):
         accum(task, TrainConfig(micro_batch_size=8, batch_tokens=512), 1)
+
+
+def test_the_score_reaches_the_update(sft_and_rm, tmp_path):
+    """The RM score (here: its truncation penalty) changes the first update: it lands on a response token, not in
+    the prompt where GAE's mask would drop it."""
+    losses = [ppo(dataclasses.replace(ppo_cfg(sft_and_rm, tmp_path / str(p), max_steps=4, eval_every=0,
+                                              checkpoint_every=4), max_new_tokens=2, truncation_penalty=p),
+                  log=lambda *a: None).losses[1] for p in (0.0, -5.0)]
+    assert abs(losses[0] - losses[1]) > 1e-3, losses

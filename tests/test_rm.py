@@ -83,7 +83,7 @@ def toy_rankings(n: int, seed: int = 0):
 def test_rm_learns_a_separable_preference(small_tok, tmp_path):
     torch.manual_seed(0)
     model = RewardModel(tiny_config(vocab_size=small_tok.vocab_size))
-    task = RankingTask(toy_rankings(200), toy_rankings(30, seed=1), RewardEncoder(small_tok, 64), "pairwise", 0)
+    task = RankingTask(toy_rankings(200), toy_rankings(100, seed=1), RewardEncoder(small_tok, 64), "pairwise", 0)
     cfg = TrainConfig(max_steps=60, micro_batch_size=8, lr=3e-3, warmup_steps=5, eval_every=30, checkpoint_every=0,
                       device="cpu", progress=False, dtype="fp32")
     res = train(model, task, cfg, tmp_path)
