@@ -1,12 +1,13 @@
-"""Pretraining throughput and MFU: gptrecipe's GPT vs Hugging Face GPT2LMHeadModel (plain fp32), same shape.
+"""Pretraining throughput and MFU: gptrecipe's GPT vs Hugging Face GPT2LMHeadModel, same shape.
 
     .venv/bin/python bench/bench_pretrain.py                     # 6L/6H/d384/T256/B16/V4096, this machine
     .venv/bin/python bench/bench_pretrain.py --device cuda --batch 64 --trajectory-steps 200
 
 Both models train with AdamW on the same batches in the same process, alternating, and the median
-step time of several repeats is compared. The loss-trajectory check trains ours in its chosen precision
-(`--dtype`, default auto) and in fp32 from the same init on the same text and reports the largest
-relative gap over the first N steps. Needs `pip install transformers` (bench only).
+step time of several repeats is compared: the reference in plain fp32 (what a user of it gets by default)
+and, when ours runs in bf16/fp16, also under the same autocast (the same-precision ratio). The loss-trajectory
+check trains ours in its chosen precision (`--dtype`, default auto) and in fp32 from the same init on the same
+text and reports the largest relative gap over the first N steps. Needs `pip install transformers` (bench only).
 """
 
 from __future__ import annotations
@@ -98,27 +99,34 @@ def main() -> None:
     opt_r = torch.optim.AdamW(ref.parameters(), lr=1e-4, fused=device.type == "cuda")
     x = torch.randint(0, args.vocab, (args.batch, args.seq), device=device)
     y = torch.roll(x, -1, 1)
+    # (name, model, optimizer, dtype, is_hf): ours, the reference in fp32, and the reference in our precision
+    runs = [("ours", ours_fwd, opt_o, dtype, False), ("ref", ref, opt_r, torch.float32, True)]
+    if dtype != torch.float32:
+        runs.append(("ref_same", ref, opt_r, dtype, True))
     for _ in range(3):  # warm-up (and compilation)
-        step_time(ours_fwd, opt_o, x, y, device, dtype, False)
-        step_time(ref, opt_r, x, y, device, torch.float32, True)
-    t_ours, t_ref = [], []
-    for _ in range(args.repeats):  # alternate so drift on a shared machine hits both alike
-        t_ours.append(statistics.median(step_time(ours_fwd, opt_o, x, y, device, dtype, False)
-                                        for _ in range(args.steps)))
-        t_ref.append(statistics.median(step_time(ref, opt_r, x, y, device, torch.float32, True)
-                                       for _ in range(args.steps)))
+        for _, m, opt, dt, hf in runs:
+            step_time(m, opt, x, y, device, dt, hf)
+    times: dict[str, list[float]] = {name: [] for name, *_ in runs}
+    for _ in range(args.repeats):  # alternate so drift on a shared machine hits all alike
+        for name, m, opt, dt, hf in runs:
+            times[name].append(statistics.median(step_time(m, opt, x, y, device, dt, hf) for _ in range(args.steps)))
     tokens = args.batch * args.seq
-    tok_o, tok_r = tokens / statistics.median(t_ours), tokens / statistics.median(t_ref)
+    tok = {name: tokens / statistics.median(t) for name, t in times.items()}
+    tok_o, tok_r = tok["ours"], tok["ref"]
     fpt = ours.flops_per_token(args.seq)
     peak_ours, peak_fp32 = measure_peak_flops(device, dtype), measure_peak_flops(device, torch.float32)
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     print(f"command: {' '.join([sys.executable.split('/')[-1]] + sys.argv)}")
     print(f"device: {dev_name}; shape {args.layers}L/{args.heads}H/d{args.d}/T{args.seq}/B{args.batch}/V{args.vocab}; "
-          f"ours dtype {dtype}{' compiled' if args.compile else ''}; reference HF GPT2LMHeadModel fp32")
+          f"ours dtype {dtype}{' compiled' if args.compile else ''}; reference HF GPT2LMHeadModel")
     print(f"peak matmul: fp32 {peak_fp32 / 1e9:,.0f} GFLOP/s, {dtype} {peak_ours / 1e9:,.0f} GFLOP/s")
     print(f"ours      {tok_o:10,.0f} tokens/s  MFU {100 * fpt * tok_o / peak_ours:5.1f}% (of {dtype} peak)")
     print(f"reference {tok_r:10,.0f} tokens/s  MFU {100 * fpt * tok_r / peak_fp32:5.1f}% (of fp32 peak)")
-    print(f"ratio ours/reference: {tok_o / tok_r:.2f}x  (medians of {args.repeats} repeats x {args.steps} steps)")
+    if "ref_same" in tok:
+        print(f"reference {tok['ref_same']:10,.0f} tokens/s  MFU {100 * fpt * tok['ref_same'] / peak_ours:5.1f}% "
+              f"(under the same {dtype} autocast)")
+        print(f"ratio ours/reference, same precision ({dtype}): {tok_o / tok['ref_same']:.2f}x")
+    print(f"ratio ours/reference fp32: {tok_o / tok_r:.2f}x  (medians of {args.repeats} repeats x {args.steps} steps)")
 
     if args.trajectory_steps:
         stream = text_stream(2_000_000)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file, save_model
 from .heads import RewardModel, TaskHeadModel
 from .io import atomic_write_text, fsync_tree
 from .model import GPT, GPTConfig
+from .runtime import pick_dtype
 from .tokenizer import Tokenizer
 
 
@@ -207,11 +208,13 @@ def build_model(meta: CheckpointMeta, tok: Tokenizer) -> torch.nn.Module:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
-                    expect: type[torch.nn.Module] = GPT) -> Loaded:
+                    expect: type[torch.nn.Module] = GPT, dtype: str | None = None) -> Loaded:
     """The one loader: a checkpoint (dir, run dir or checkpoints/ dir) of any stage, with its tokenizer.
 
     A PPO checkpoint holds the actor-critic; the model loaded from it is the policy. A checkpoint whose model is
-    not an `expect` (by default a GPT language model) is refused; `expect=torch.nn.Module` takes any."""
+    not an `expect` (by default a GPT language model) is refused; `expect=torch.nn.Module` takes any.
+    `dtype` (inference only: auto | fp32 | bf16 | fp16): the weights' precision; auto = bf16 where the hardware
+    computes it natively (half the bytes per decoded token, and the fast matmuls), else as saved (fp32)."""
     ckpt = resolve_checkpoint(path)
     meta = read_meta(ckpt)
     if not (ckpt / "tokenizer.json").is_file():
@@ -225,7 +228,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *,
         raise CheckpointError(f"{ckpt}: the tokenizer has {tok.vocab_size} tokens but the model only "
                               f"{meta.gpt_config.vocab_size}")
     load_weights(model, ckpt, prefix="policy." if meta.stage == "ppo" else "")
-    return Loaded(model.to(device), tok, meta, ckpt)
+    model = model.to(device)
+    if dtype is not None:
+        model = model.to(pick_dtype(dtype, torch.device(device), key="dtype"))
+    return Loaded(model, tok, meta, ckpt)
 
 
 def load_weights(model: torch.nn.Module, ckpt: str | Path, prefix: str = "") -> None:

@@ -33,6 +33,7 @@ class CompareConfig:
     max_prompts: int = 0  # 0 = all
     batch_prompts: int = 16  # prompts sampled together (programmatic labelers)
     keep_ties: bool = False  # keep prompts whose K responses a labeler scores all equal (arbitrary order)
+    dtype: str = "auto"  # the sampled model's weights: auto = bf16 where the hardware is fast at it, else fp32
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=40, temperature=1.0,
                                                                            seed=0))
 
@@ -100,7 +101,7 @@ def compare(cfg: CompareConfig, *, labeler: Labeler | None = None, inp: Callable
     """Sample, rank and append to cfg.out; returns the output path."""
     if not 2 <= cfg.k <= 16:
         raise ValueError(f"k must be between 2 and 16 (InstructGPT uses 4..9), got {cfg.k}")
-    loaded = load_checkpoint(cfg.model)
+    loaded = load_checkpoint(cfg.model, dtype=cfg.dtype)
     model, tok = loaded.model.eval(), loaded.tokenizer
     template = ChatTemplate(tok)
     out = Path(cfg.out)

@@ -72,6 +72,12 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor |
 
 def dense_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(d_head) + causal mask) v, via PyTorch's fused kernel."""
+    if q.size(-2) == 1 and mask is not None and dropout_p == 0.0:
+        # one query per row (a decode step): two thin matmuls. On CPU this is faster than SDPA's kernels with a
+        # mask, and compiled it fuses with its neighbours (3.4x the tokens/s of SDPA at batch 16, bench_serve)
+        scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+        probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1)
+        return probs.to(v.dtype) @ v
     is_causal = mask is None and q.size(-2) == k.size(-2) and q.size(-2) > 1
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
@@ -163,10 +169,62 @@ class KVCache:
         # A padding query sees only itself: never a fully masked row, whose softmax would be NaN.
         return ((causal[None] & not_pad[:, None, :]) | (k_pos == q_pos)[None])[:, None]
 
-    def positions(self, tq: int) -> torch.Tensor:
+    def positions(self, tq: int, block_size: int) -> torch.Tensor:
         """(B, Tq) position ids counted from each row's first real token."""
+        if self.length + tq > block_size:
+            raise ValueError(f"sequence of {self.length + tq} tokens is longer than the model's context ({block_size})")
         pos = torch.arange(self.length, self.length + tq, device=self.pad.device)[None, :] - self.pad[:, None]
         return pos.clamp(min=0)
+
+    def advance(self, tq: int) -> None:
+        self.length += tq
+
+
+class StaticKVCache:
+    """A KV cache of fixed shape for a compiled decode step: B rows, S columns, one new token per step.
+
+    A compiled graph must not depend on Python numbers that change every step (each new value would compile
+    again), so everything a step needs is a tensor updated in place *outside* the graph by `step_to`: the
+    column the new token's key and value go to, each row's position, and the (B, 1, 1, S) mask of the keys it
+    may see (its real tokens so far). Attention then runs over all S columns, masked; the same arithmetic as
+    `KVCache` up to the order of additions. Built from the prefilled `KVCache` of the prompts (`of`).
+    """
+
+    def __init__(self, cache: KVCache, max_len: int):
+        B, S = cache.k.size(1), max_len
+        room = S - cache.length
+        # one buffer per layer (not views of one tensor): the compiled graph writes into them in place
+        self.k = [F.pad(k[:, :, : cache.length], (0, 0, 0, room)) for k in cache.k]
+        self.v = [F.pad(v[:, :, : cache.length], (0, 0, 0, room)) for v in cache.v]
+        self.pad, self.length, self.max_len = cache.pad, cache.length, S
+        device = cache.pad.device
+        self.col = torch.zeros(1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(B, 1, dtype=torch.long, device=device)
+        self.mask = torch.zeros(B, 1, 1, S, dtype=torch.bool, device=device)
+        self._keys = torch.arange(S, device=device)
+
+    def step_to(self, col: int) -> None:
+        """Point the next step at column `col` (outside the compiled graph)."""
+        if col >= self.max_len:
+            raise ValueError(f"KV cache full: {col + 1} positions > max_len {self.max_len}")
+        self.col.fill_(col)
+        torch.sub(col, self.pad[:, None], out=self.pos).clamp_(min=0)
+        self.mask.copy_(((self._keys <= col) & (self._keys[None, :] >= self.pad[:, None]))[:, None, None])
+        self.length = col
+
+    def attention_mask(self, tq: int) -> torch.Tensor:
+        return self.mask
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k[layer][:, :, self.col] = k  # index_put_: compiles to an in-place write of one column
+        self.v[layer][:, :, self.col] = v
+        return self.k[layer], self.v[layer]
+
+    def positions(self, tq: int, block_size: int) -> torch.Tensor:
+        return self.pos
+
+    def advance(self, tq: int) -> None:
+        pass  # `step_to` moves it, outside the graph
 
 
 class CausalSelfAttention(nn.Module):
@@ -182,7 +240,7 @@ class CausalSelfAttention(nn.Module):
         self.attend = attention_fn(kind)
         self.sparse = isinstance(self.attend, SparseAttention)  # reads the cache's padding to place its pattern
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=2)
         # (B, T, H*D) -> (B, H, T, D): every head attends independently
@@ -220,7 +278,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -261,26 +319,28 @@ class GPT(nn.Module):
         t = seq_len or c.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * c.d_head * t
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
         """Final (layer-normed) hidden state of every position: (B, T, n_embd).
 
         Later stages put their own heads on this (reward model, value head, GPT-1 task heads).
         """
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than the model's context "
-                             f"({self.config.block_size})")
-        pos = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device)[None, :]
+        if cache is None:
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than the model's context "
+                                 f"({self.config.block_size})")
+            pos = torch.arange(T, device=idx.device)[None, :]
+        else:
+            pos = cache.positions(T, self.config.block_size)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x, cache)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | StaticKVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets, the mean next-token cross entropy.
 
         Targets equal to IGNORE_INDEX are left out of the mean (prompt tokens in SFT, padding).

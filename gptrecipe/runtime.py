@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
 from .io import atomic_write_text
 
 
@@ -35,8 +36,9 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Compute dtype for autocast. `auto` takes bf16 only where the hardware makes it faster."""
+def pick_dtype(name: str, device: torch.device, key: str = "train.dtype") -> torch.dtype:
+    """Compute dtype (autocast in training, the weights' in inference). `auto` takes bf16 only where the hardware
+    makes it faster; `key` names the setting in the error."""
     if name == "auto":
         fast = ((device.type == "cuda" and torch.cuda.is_bf16_supported())
                 or (device.type == "cpu" and cpu_has_fast_bf16()))
@@ -44,7 +46,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if name not in table:
-        raise ValueError(f"train.dtype: unknown {name!r}; use auto, fp32, bf16 or fp16")
+        raise ConfigError(f"{key}: unknown {name!r}; use auto, fp32, bf16 or fp16")
     return table[name]
 
 
@@ -107,11 +109,15 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo, device: torch.device) -> tor
 def _cpu_name() -> str:
     """CPU model and core count, so a cached peak is never reused on another kind of machine."""
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        names = []
-    return f"{names[0] if names else 'cpu'} x{os.cpu_count()}"
+        lines = []
+    info: dict[str, str] = {}
+    for ln in lines:  # the first core's fields; "model name" alone is "AMD EPYC" for Zen 3 and Zen 5 alike
+        key, _, value = ln.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    return f"{info.get('model name', 'cpu')} family {info.get('cpu family', '?')} model {info.get('model', '?')} " \
+           f"x{os.cpu_count()}"
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int = 0, seconds: float = 1.0) -> float:

@@ -12,6 +12,7 @@ loop but draws with `sample_next` and decodes every row with `RowDecoder`.
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .data.loader import pad_rows
-from .model import GPT
+from .model import GPT, StaticKVCache
 
 
 class PromptTooLongError(ValueError):
@@ -84,11 +85,48 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
     return ids.to(device), pads.to(device)
 
 
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
+    """`step(tokens (B, 1), cache) -> (B, V)` logits of one decode step, compiled with torch.compile (once per
+    model; one graph per batch size and cache length, which inductor also caches on disk for later processes).
+    On CPU the weights are frozen into the graph (oneDNN prepacks them): the model must not change afterwards,
+    so training loops (PPO rollouts) decode eagerly."""
+    step = _COMPILED.get(model)
+    if step is None:
+        def decode(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+            return model.lm_head(model.hidden_states(tokens, cache))[:, -1]
+
+        compiled = torch.compile(decode, dynamic=False)
+        freeze = next(model.parameters()).device.type == "cpu"
+
+        def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+            # inductor reads `freezing` when it compiles (the first call of each shape); inference mode lets it
+            with torch.inference_mode(), torch._inductor.config.patch(freezing=freeze):
+                return compiled(tokens, cache)
+
+        _COMPILED[model] = step
+    return step
+
+
+def can_compile(model: GPT) -> bool:
+    """Whether the compiled decode step serves this model (sparse attention layers decode eagerly)."""
+    return all(kind == "dense" for kind in model.config.attention_kinds())
+
+
+def _bucket(n: int, limit: int) -> int:
+    """Cache length for n positions: the next power of two (at least 64), so few shapes get compiled."""
+    return min(limit, max(64, 1 << (n - 1).bit_length()))
+
+
 @torch.no_grad()
 def generate_ids(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
-                 pad_id: int = 0) -> Iterator[torch.Tensor]:
+                 pad_id: int = 0, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row (B,) each step, up to the token budget; the caller decides when a row
-    has ended (a `RowDecoder`) and stops iterating when all have."""
+    has ended (a `RowDecoder`) and stops iterating when all have. `compile`: decode through
+    `compiled_decode_step` (a static-shape cache; the same tokens as eager, up to float rounding order): it pays
+    for long or repeated generation with fixed weights, not for one short command."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
     block = model.config.block_size
@@ -100,12 +138,18 @@ def generate_ids(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConf
     ids, pads = left_pad(prompts, pad_id, device)
     budget = min(cfg.max_new_tokens, block - longest)
     cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
-    logits = model.lm_head(model.hidden_states(ids, cache)[:, -1:])  # the prompt's last position only
+    logits = model.lm_head(model.hidden_states(ids, cache)[:, -1])  # the prompt's last position only
+    static = StaticKVCache(cache, _bucket(longest + budget, block)) if compile and can_compile(model) else None
+    step = compiled_decode_step(model) if static is not None else None
     for i in range(budget):
-        nxt = sample_next(logits[:, -1, :], cfg, generator)
+        nxt = sample_next(logits, cfg, generator)
         yield nxt
         if i + 1 < budget:
-            logits, _ = model(nxt[:, None], cache=cache)
+            if static is not None:
+                static.step_to(longest + i)
+                logits = step(nxt[:, None], static)
+            else:
+                logits = model(nxt[:, None], cache=cache)[0][:, -1]
 
 
 class RowDecoder:
@@ -141,13 +185,13 @@ class RowDecoder:
 
 
 def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *, stop_ids: Collection[int] = (),
-                  pad_id: int = 0, tokenizer=None,
-                  on_text: Callable[[int, str], None] | None = None) -> list[RowDecoder]:
+                  pad_id: int = 0, tokenizer=None, on_text: Callable[[int, str], None] | None = None,
+                  compile: bool = False) -> list[RowDecoder]:
     """Generate from id prompts; each row's finished `RowDecoder`. With a `tokenizer` rows also decode text (cut at
     `cfg.stop`) and `on_text(row, piece)` receives each row's text as soon as it is safe to show."""
     budget = min(cfg.max_new_tokens, model.config.block_size - max(map(len, prompts), default=0))
     rows = [RowDecoder(tokenizer, budget, stop_ids, cfg.stop) for _ in prompts]
-    for nxt in generate_ids(model, prompts, cfg, pad_id=pad_id):  # the decoders end the rows
+    for nxt in generate_ids(model, prompts, cfg, pad_id=pad_id, compile=compile):  # the decoders end the rows
         for i, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             piece = row.accept(tok) if row.finish is None else ""
             if piece and on_text is not None:
@@ -158,8 +202,8 @@ def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCon
 
 
 def generate(model: GPT, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], cfg: SamplingConfig, *,
-             stop_ids: Sequence[int] | None = None,
-             on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+             stop_ids: Sequence[int] | None = None, on_text: Callable[[int, str], None] | None = None,
+             compile: bool = False) -> list[Completion]:
     """Generate a completion per prompt (strings are encoded; id lists are used as given).
 
     `on_text(row, piece)` receives newly decoded text as it is produced (streaming); text is held
@@ -167,7 +211,7 @@ def generate(model: GPT, tokenizer, prompts: Sequence[str] | Sequence[Sequence[i
     """
     ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
     rows = generate_rows(model, ids, cfg, stop_ids=[tokenizer.eot_id] if stop_ids is None else stop_ids,
-                         pad_id=tokenizer.eot_id, tokenizer=tokenizer, on_text=on_text)
+                         pad_id=tokenizer.eot_id, tokenizer=tokenizer, on_text=on_text, compile=compile)
     # text cut at a stop string: re-encode what is kept
     return [Completion(r.text, tokenizer.encode(r.text) if r.cut else r.tokens, r.finish or "length") for r in rows]
 
@@ -187,7 +231,8 @@ def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:
     return end
 
 
-def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=None) -> list[Completion]:
+def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, file=None,
+                       compile: bool = False) -> list[Completion]:
     """Print the prompt's completions as they are generated (row 0 live; others after)."""
     file = file or sys.stdout
 
@@ -196,7 +241,7 @@ def stream_to_terminal(model: GPT, tokenizer, prompt: str, cfg: SamplingConfig, 
             file.write(piece)
             file.flush()
 
-    completions = generate(model, tokenizer, [prompt] * cfg.num_samples, cfg, on_text=show)
+    completions = generate(model, tokenizer, [prompt] * cfg.num_samples, cfg, on_text=show, compile=compile)
     file.write("\n")
     for i, c in enumerate(completions[1:], start=2):
         file.write(f"\n--- sample {i} ---\n{prompt}{c.text}\n")

@@ -220,8 +220,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        batches = [self.task.get_batch(step, m, cfg.micro_batch_size, self.accum, info.rank, info.world_size)
-                   for m in range(self.accum)]
+        # under the step's autocast: a task that computes its batch with the model (PPO's rollouts) decodes in
+        # the training precision and scores old log-probs through the very path the update takes
+        with autocast(self.device, self.dtype):
+            batches = [self.task.get_batch(step, m, cfg.micro_batch_size, self.accum, info.rank, info.world_size)
+                       for m in range(self.accum)]
         terms = sorted({k for b in batches for k in b.counts})
         mine = [*(sum(b.counts.get(k, 0) for b in batches) for k in terms), sum(b.tokens for b in batches),
                 sum(self.task.flops(unwrap(self.model), b) for b in batches)]

@@ -206,3 +206,15 @@ def test_the_score_reaches_the_update(sft_and_rm, tmp_path):
                                               checkpoint_every=4), max_new_tokens=2, truncation_penalty=p),
                   log=lambda *a: None).losses[1] for p in (0.0, -5.0)]
     assert abs(losses[0] - losses[1]) > 1e-3, losses
+
+
+def test_rollouts_score_old_logprobs_in_the_training_precision(sft_and_rm, tmp_path):
+    """In bf16, the rollout's old log-probs come through the update's autocast path (RLHF_NOTES pitfall 9): the
+    first minibatch's ratio is 1 up to the rounding of another batch shape, not off by bf16-vs-fp32 noise."""
+    import json
+
+    cfg = ppo_cfg(sft_and_rm, tmp_path / "bf16", max_steps=4, eval_every=0, checkpoint_every=4, dtype="bf16")
+    ppo(cfg, log=lambda *a: None)
+    rows = [json.loads(ln) for ln in (tmp_path / "bf16" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    kl = [r["approx_kl_old"] for r in rows if "approx_kl_old" in r]
+    assert kl and abs(kl[0]) < 5e-5, kl  # 2.6e-4 when rollouts scored in fp32 (Zen 5, 2026-12-02)

@@ -146,3 +146,59 @@ def test_sampler_draws_from_the_filtered_distribution():
     # top-p: the nucleus {0, 6} (p = 0.5) only
     draws = sample_next(logits.expand(n, -1), SamplingConfig(temperature=1.0, top_p=0.5), g)
     assert set(draws.tolist()) == {0, 6}
+
+
+def test_compiled_decode_gives_the_eager_tokens_greedy_and_seeded(tiny_model):
+    """The static-cache compiled step (left-padded rows of different lengths) draws what eager decoding draws,
+    and its logits equal eager's to 1e-5 (fp32)."""
+    from gptrecipe.model import StaticKVCache
+    from gptrecipe.sample import compiled_decode_step
+
+    prompts = [[5, 17, 99, 3], [7], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    for cfg in (SamplingConfig(max_new_tokens=24, temperature=0),
+                SamplingConfig(max_new_tokens=24, temperature=1.0, top_k=20, seed=7)):
+        eager = torch.stack(list(generate_ids(tiny_model, prompts, cfg)), 1)
+        compiled = torch.stack(list(generate_ids(tiny_model, prompts, cfg, compile=True)), 1)
+        assert torch.equal(eager, compiled)
+    # one step's logits against the eager cached forward
+    ids = torch.tensor([[0, 0, 5, 17], [1, 2, 3, 4]])
+    pads = torch.tensor([2, 0])
+    with torch.no_grad():
+        cache = tiny_model.new_cache(2, max_len=8, pad=pads)
+        tiny_model(ids, cache=cache)
+        static = StaticKVCache(cache, 64)
+        nxt = torch.tensor([[9], [11]])
+        want = tiny_model(nxt, cache=cache)[0][:, -1]
+        static.step_to(4)
+        got = compiled_decode_step(tiny_model)(nxt, static)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_refuses_to_run_past_its_length(tiny_model):
+    from gptrecipe.model import StaticKVCache
+
+    cache = tiny_model.new_cache(1, max_len=4)
+    with torch.no_grad():
+        tiny_model(torch.tensor([[1, 2]]), cache=cache)
+    static = StaticKVCache(cache, 4)
+    static.step_to(3)
+    with pytest.raises(ValueError, match="KV cache full"):
+        static.step_to(4)
+
+
+def test_inference_dtype_of_a_loaded_checkpoint(tmp_path, tiny_model, small_tok):
+    from gptrecipe.checkpoint import load_checkpoint
+    from gptrecipe.config import ConfigError
+    from gptrecipe.model import GPT
+    from tests.conftest import save_stage_checkpoint, tiny_config
+
+    model = GPT(tiny_config(vocab_size=small_tok.vocab_size))
+    save_stage_checkpoint(tmp_path / "ckpt", model, small_tok, stage="pretrain")
+    assert next(load_checkpoint(tmp_path / "ckpt").model.parameters()).dtype == torch.float32  # as saved
+    bf16 = load_checkpoint(tmp_path / "ckpt", dtype="bf16").model
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    ids = [[1, 2, 3]]
+    out = list(generate_ids(bf16, ids, SamplingConfig(max_new_tokens=4, temperature=0)))
+    assert len(out) == 4
+    with pytest.raises(ConfigError, match="dtype: unknown 'fp8'"):
+        load_checkpoint(tmp_path / "ckpt", dtype="fp8")

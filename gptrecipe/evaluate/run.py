@@ -46,6 +46,7 @@ class EvalConfig(RunConfig):
     cache_dir: str = "runs/cache/tokens"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     device: str = "auto"
+    dtype: str = "auto"  # a local model's weights: auto = bf16 where the hardware is fast at it, else fp32
     progress: bool = True
 
 
@@ -73,7 +74,7 @@ def make_backend(cfg: EvalConfig):
                              max_tokens=cfg.max_context or None, prefix=cfg.api_prompt_prefix), None, tok
     if not cfg.model:
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
-    loaded = load_checkpoint(cfg.model, pick_device(cfg.device))
+    loaded = load_checkpoint(cfg.model, pick_device(cfg.device), dtype=cfg.dtype)
     model, tok = loaded.model.eval(), loaded.tokenizer
     return LocalBackend(model, tok, batch_size=cfg.batch_size, name=str(loaded.path)), model, tok
 

@@ -42,11 +42,11 @@ def default_name(ckpt: Path) -> str:
     return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
 
 
-def load_served(checkpoint: str | Path, *, device: str = "auto", chat: bool | None = None,
+def load_served(checkpoint: str | Path, *, device: str = "auto", dtype: str | None = None, chat: bool | None = None,
                 name: str | None = None) -> ServedModel:
-    """Load a checkpoint (dir or run dir) with its tokenizer; `chat=None` decides from the stage it was
-    saved by (sft / ppo are chat models, anything else a base model)."""
-    loaded = load_checkpoint(checkpoint, pick_device(device))
+    """Load a checkpoint (dir or run dir) with its tokenizer (weights in `dtype`, see `load_checkpoint`);
+    `chat=None` decides from the stage it was saved by (sft / ppo are chat models, anything else a base model)."""
+    loaded = load_checkpoint(checkpoint, pick_device(device), dtype=dtype)
     is_chat = loaded.meta.stage in CHAT_STAGES if chat is None else chat
     return ServedModel(name or default_name(loaded.path), loaded.model.eval(), loaded.tokenizer, is_chat,
                        loaded.meta.stage, loaded.path)
