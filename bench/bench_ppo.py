@@ -43,6 +43,7 @@ from gptrecipe.chat import ChatTemplate, Message  # noqa: E402
 from gptrecipe.model import GPT, GPTConfig  # noqa: E402
 from gptrecipe.ppo import ActorCritic, PPOConfig, PPOTask  # noqa: E402
 from gptrecipe.rm import RewardModel  # noqa: E402
+from gptrecipe.runtime import autocast, pick_dtype  # noqa: E402
 from gptrecipe.tokenizer import Tokenizer  # noqa: E402
 from gptrecipe.train import TrainConfig, make_optimizer  # noqa: E402
 
@@ -108,7 +109,7 @@ def run_ours(a, tok: Tokenizer, prompts: list[str]) -> dict:
         m.eval().requires_grad_(False)
     tcfg = TrainConfig(max_steps=(a.iters + 1) * a.ppo_epochs * a.minibatches, micro_batch_size=a.rollout_batch //
                        a.minibatches, lr=a.lr, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, device="cpu",
-                       dtype="fp32", progress=False, seed=a.seed)
+                       dtype=a.dtype, progress=False, seed=a.seed)
     cfg = PPOConfig(rollout_batch=a.rollout_batch, minibatches=a.minibatches, ppo_epochs=a.ppo_epochs,
                     max_new_tokens=a.new_tokens, temperature=a.temperature, beta=a.beta, train=tcfg)
     ac = ActorCritic(policy, value)
@@ -140,12 +141,15 @@ def run_ours(a, tok: Tokenizer, prompts: list[str]) -> dict:
     iter_s: list[float] = []
     ac.train()
     fwd = torch.compile(ac) if a.compile else ac  # as train.compile=true does in the loop
+    device = torch.device("cpu")
+    dtype = pick_dtype(a.dtype, device)
     for it in range(a.iters + 1):
         t0 = time.perf_counter()
         for k in range(upd):  # the body of gptrecipe.train.train's step loop (grad_accum 1, one process)
             step = it * upd + k
-            batch = task.get_batch(step, 0, tcfg.micro_batch_size, 1, 0, 1)
-            terms = task.loss(fwd, batch.tensors)
+            with autocast(device, dtype):  # the loop computes batches (the rollouts) and losses in its precision
+                batch = task.get_batch(step, 0, tcfg.micro_batch_size, 1, 0, 1)
+                terms = task.loss(fwd, batch.tensors)
             loss = sum(terms[k] / batch.counts[k] for k in terms)  # the loop's normalisation
             loss.backward()
             loss.detach().item()
@@ -175,7 +179,8 @@ def run_trl(a, tok: Tokenizer, prompts: list[str], workdir: Path) -> dict | None
             "prompts": [template.prompt_ids([Message("user", p)]) for p in pool],
             "rollout_batch": a.rollout_batch, "minibatches": a.minibatches, "ppo_epochs": a.ppo_epochs,
             "response_length": a.new_tokens, "temperature": a.temperature, "beta": a.beta, "lr": a.lr,
-            "iters": a.iters, "seed": a.seed, "threads": a.threads, "tokenizer_file": str(tok_file)}
+            "iters": a.iters, "seed": a.seed, "threads": a.threads, "tokenizer_file": str(tok_file),
+            "bf16": a.trl_bf16}
     spec_file = workdir / "spec.json"
     spec_file.write_text(json.dumps(spec))
     cmd = [a.trl_python, str(ROOT / "bench" / "trl_ppo_worker.py"), str(spec_file)]
@@ -265,6 +270,8 @@ def main() -> None:
     p.add_argument("--beta", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--compile", action="store_true", help="ours with train.compile=true (torch.compile the updates)")
+    p.add_argument("--dtype", default="fp32", help="ours: train.dtype (auto = bf16 where native, as the main job)")
+    p.add_argument("--trl-bf16", action="store_true", help="TRL with bf16=True (its mixed precision)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--seed", type=int, default=1337)
     a = p.parse_args()

@@ -5,9 +5,11 @@
 
 1. Generation tokens/s on the same weights (ours mapped into GPT2LMHeadModel: same architecture, tied head,
    learned positions, pre-LN, tanh GELU), greedy, a fixed number of new tokens (no early stop), batch 1 and
-   batch 16 of 16-token prompts: the plain sampler (`gptrecipe.sample.generate_ids`), the serving engine
-   (`gptrecipe.serve.engine.Engine`, continuous batching) and HF `generate` (KV cache). The greedy tokens of
-   ours and HF's are checked to be identical first. Medians of --repeats, alternating.
+   batch 16 of 16-token prompts: the plain sampler (`gptrecipe.sample.generate_ids`, eager and with the
+   compiled static-cache step), the serving engine (`gptrecipe.serve.engine.Engine`, continuous batching) and
+   HF `generate` (KV cache). Ours decode in `--dtype` (auto: bf16 where the CPU has native bf16, as the CLI
+   loads a model); HF runs in fp32 (its default) and in the same precision. Within one precision the greedy
+   tokens of every implementation are checked to be identical first. Medians of --repeats, alternating.
 2. The server (`gptrecipe serve` in a subprocess) under 1, 8 and 32 concurrent streaming clients (aiohttp,
    closed loop, a fixed number of requests each): completion tokens/s and p50 / p95 time to first token.
 Needs `transformers` (bench extra) and `aiohttp` (dev extra).
@@ -17,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -31,6 +35,7 @@ import torch
 
 from gptrecipe.checkpoint import CheckpointMeta, save_checkpoint
 from gptrecipe.model import GPT, GPTConfig
+from gptrecipe.runtime import pick_dtype
 from gptrecipe.sample import SamplingConfig, generate_ids
 from gptrecipe.serve.engine import Engine, GenParams
 
@@ -61,9 +66,10 @@ def hf_copy(model: GPT):
     return hf
 
 
-def run_sampler(model: GPT, prompts: torch.Tensor, new: int) -> list[list[int]]:
+def run_sampler(model: GPT, prompts: torch.Tensor, new: int, compile: bool = False) -> list[list[int]]:
     rows = [[] for _ in range(len(prompts))]
-    for nxt in generate_ids(model, prompts.tolist(), SamplingConfig(max_new_tokens=new, temperature=0)):
+    for nxt in generate_ids(model, prompts.tolist(), SamplingConfig(max_new_tokens=new, temperature=0),
+                            compile=compile):
         for r, t in zip(rows, nxt.tolist(), strict=True):
             r.append(t)
     return rows
@@ -80,39 +86,64 @@ def run_hf(hf, prompts: torch.Tensor, new: int) -> list[list[int]]:
     return out[:, prompts.size(1):].tolist()
 
 
+HF_FP32 = "HF `generate` fp32 (GPT2LMHeadModel)"
+
+
 def bench_generation(model: GPT, tok, args) -> list[dict]:
+    dtype = pick_dtype(args.dtype, torch.device("cpu"))
+    fast = copy.deepcopy(model).to(dtype)  # ours as `--dtype auto` loads it
     hf = hf_copy(model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         x = torch.randint(16, model.config.vocab_size, (2, 24), generator=g)
         diff = (model(x)[0] - hf(x).logits).abs().max().item()
-    print(f"max |logits ours - HF| = {diff:.2e}")
-    engine = Engine(model, tok, stop_ids=[], max_rows=64).start()
+    print(f"max |logits ours - HF| = {diff:.2e} (fp32); ours decodes in {dtype}", flush=True)
+    name = str(dtype).removeprefix("torch.")
+    # (name, runner, group): the greedy tokens of one group must be identical (same weights, same precision)
+    runners = [(f"gptrecipe sampler {name}, eager", lambda p: run_sampler(fast, p, args.new_tokens), name),
+               (f"gptrecipe sampler {name}, compiled", lambda p: run_sampler(fast, p, args.new_tokens, True), name),
+               ("gptrecipe sampler fp32, eager", lambda p: run_sampler(model, p, args.new_tokens), "fp32"),
+               (HF_FP32, lambda p: run_hf(hf, p, args.new_tokens), "fp32")]
+    if dtype != torch.float32:
+        hf_same = hf_copy(model).to(dtype)  # HF's bf16 rounds in another order: its own group
+        runners.append((f"HF `generate` {name}", lambda p: run_hf(hf_same, p, args.new_tokens), "hf " + name))
+    if args.only:
+        runners = [r for r in runners if re.search(args.only, r[0])] + [r for r in runners if r[0] == HF_FP32]
+    engine_name = f"gptrecipe engine {name} (continuous batching)"
     rows = []
-    try:
-        for batch in args.batches:
-            prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
-            runners = {"gptrecipe sampler (`generate_ids`)": lambda p: run_sampler(model, p, args.new_tokens),
-                       "gptrecipe engine (continuous batching)": lambda p: run_engine(engine, p, args.new_tokens),
-                       "HF `generate` (GPT2LMHeadModel)": lambda p: run_hf(hf, p, args.new_tokens)}
-            outs = {name: fn(prompts) for name, fn in runners.items()}  # warm-up, and the correctness check
-            same = len({json.dumps(o) for o in outs.values()}) == 1
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(args.repeats):
-                for name, fn in runners.items():
+    for batch in args.batches:
+        prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
+        with torch.no_grad():
+            outs = {n: fn(prompts) for n, fn, _ in runners}  # warm-up (and compilation), the correctness check
+        times = {n: [] for n, *_ in runners}
+        for _ in range(args.repeats):  # alternating
+            for n, fn, _ in runners:
+                t = time.perf_counter()
+                with torch.no_grad():
+                    fn(prompts)
+                times[n].append(time.perf_counter() - t)
+        # the engine decodes in its own thread, measured apart: while that thread lives, torch work in this one
+        # runs ~2x slower on 2 cores (two OpenMP thread teams; measured), which would bias the alternation
+        if not args.only or re.search(args.only, engine_name):
+            time.sleep(1.0)  # let this thread's OpenMP workers stop spinning
+            with Engine(fast, tok, stop_ids=[], max_rows=64) as engine:
+                outs[engine_name] = run_engine(engine, prompts, args.new_tokens)
+                times[engine_name] = []
+                for _ in range(args.repeats):
                     t = time.perf_counter()
-                    with torch.no_grad():
-                        fn(prompts)
-                    times[name].append(time.perf_counter() - t)
-            hf_tps = batch * args.new_tokens / statistics.median(times["HF `generate` (GPT2LMHeadModel)"])
-            for name in runners:
-                tps = batch * args.new_tokens / statistics.median(times[name])
-                rows.append({"batch": batch, "impl": name, "tokens_per_s": tps, "vs_hf": tps / hf_tps,
-                             "same_tokens": same})
-                print(f"batch {batch:>2}  {name:<42} {tps:>9.0f} tokens/s  {tps / hf_tps:.2f}x HF"
-                      f"{'' if same else '  (tokens differ!)'}", flush=True)
-    finally:
-        engine.close()
+                    run_engine(engine, prompts, args.new_tokens)
+                    times[engine_name].append(time.perf_counter() - t)
+        groups = {n: grp for n, _, grp in runners} | {engine_name: name}
+        same = {grp: len({json.dumps(outs[n]) for n in outs if groups[n] == grp}) == 1 for grp in groups.values()}
+        tps = {n: batch * args.new_tokens / statistics.median(t) for n, t in times.items()}
+        same_hf = tps.get(f"HF `generate` {name}", tps[HF_FP32])
+        for n in tps:
+            grp = groups[n]
+            rows.append({"batch": batch, "impl": n, "tokens_per_s": tps[n], "vs_hf": tps[n] / tps[HF_FP32],
+                         "vs_hf_same_dtype": tps[n] / same_hf if grp == name else None, "same_tokens": same[grp]})
+            vs_same = f"  {tps[n] / same_hf:.2f}x HF {name}" if grp == name else ""
+            print(f"batch {batch:>2}  {n:<44} {tps[n]:>9.0f} tokens/s  {tps[n] / tps[HF_FP32]:.2f}x HF fp32"
+                  f"{vs_same}{'' if same[grp] else '  (tokens differ within the group!)'}", flush=True)
     return rows
 
 
@@ -164,7 +195,7 @@ async def load_level(url: str, clients: int, requests_each: int, body: dict) -> 
 def bench_server(ckpt: Path, args) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "gptrecipe", "serve", str(ckpt), "--port", str(port), "--feedback", "none",
-           "--base", "--device", "cpu", "--max-batch", "32"]
+           "--base", "--device", "cpu", "--max-batch", "32", "--dtype", args.dtype]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
                             if args.threads else {})}
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -198,6 +229,19 @@ def bench_server(ckpt: Path, args) -> list[dict]:
         server.wait(timeout=30)
 
 
+def trained_tokenizer(vocab_size: int):
+    """The default corpora's BPE tokenizer, trained in a child process: training in this one leaves it ~30%
+    slower at decoding afterwards (measured; the tokenizer library's worker threads), which would bias the bench."""
+    from gptrecipe.tokenizer import Tokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        code = ("import sys; from gptrecipe.tokenizer import DEFAULT_INPUTS, Tokenizer, read_texts; "
+                "Tokenizer.train(read_texts(DEFAULT_INPUTS, 1_000_000), int(sys.argv[1]), "
+                "show_progress=False).save(sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, str(vocab_size), f"{d}/tokenizer.json"], check=True)
+        return Tokenizer.from_file(f"{d}/tokenizer.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="small", help="configs/models preset (default %(default)s)")
@@ -210,17 +254,18 @@ def main() -> None:
     ap.add_argument("--server-requests", type=int, default=64, help="requests per concurrency level (about)")
     ap.add_argument("--server-tokens", type=int, default=64, help="max_tokens of each server request")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--only", help="regex: run only these generation implementations (and HF fp32, the baseline)")
+    ap.add_argument("--dtype", default="auto", help="ours (and the server's) weights: auto (bf16 where native), fp32")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     from gptrecipe.config import load_config
-    from gptrecipe.tokenizer import DEFAULT_INPUTS, Tokenizer, read_texts
 
     cfg = load_config(GPTConfig, "models", args.model)
     print(f"model {args.model}: {cfg.n_layer}L/{cfg.n_head}H/d{cfg.n_embd}/T{cfg.block_size}/V{cfg.vocab_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
-    tok = Tokenizer.train(read_texts(DEFAULT_INPUTS, 1_000_000), cfg.vocab_size, show_progress=False)
+    tok = trained_tokenizer(cfg.vocab_size)
     cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
     torch.manual_seed(0)
     model = GPT(cfg).eval()
@@ -232,9 +277,10 @@ def main() -> None:
             ckpt = save_checkpoint(Path(d) / "bench", model, CheckpointMeta.of("pretrain", cfg, tok),
                                    tokenizer_path=Path(d) / "tokenizer.json")
             server_rows = bench_server(ckpt, args)
-    print("\n| batch | implementation | tokens/s | vs HF |\n|---|---|---|---|")
+    print("\n| batch | implementation | tokens/s | vs HF fp32 | vs HF same precision |\n|---|---|---|---|---|")
     for r in gen_rows:
-        print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x |")
+        same = f"{r['vs_hf_same_dtype']:.2f}x" if r["vs_hf_same_dtype"] is not None else ""
+        print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x | {same} |")
     if server_rows:
         print("\n| concurrent clients | requests | completion tokens/s | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
         for r in server_rows:

@@ -55,7 +55,8 @@ def main(spec_path: str) -> None:
         response_length=spec["response_length"],
         total_episodes=rollout_batch * (iters + 1), local_rollout_forward_batch_size=rollout_batch,
         temperature=spec["temperature"], stop_token_id=spec["end_id"], missing_eos_penalty=1.0,
-        kl_coef=spec["beta"], learning_rate=spec["lr"], bf16=False, fp16=False, gradient_checkpointing=False,
+        kl_coef=spec["beta"], learning_rate=spec["lr"], bf16=spec.get("bf16", False), fp16=False,
+        gradient_checkpointing=False,
         use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
         num_sample_generations=0, seed=spec["seed"], dataloader_num_workers=0)
 
