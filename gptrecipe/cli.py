@@ -452,6 +452,51 @@ def _run_serve(args) -> int:
     return 0
 
 
+def _add_scale(sub) -> None:
+    p = sub.add_parser("scale", help="predictable scaling (GPT-4): fit small runs' losses, predict a bigger run's",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Predictable scaling, as GPT-4 predicted its final loss from runs with 1/10,000 of "
+                       "its compute.\n\nExamples:\n  gptrecipe scale fit runs.jsonl --predict 1e17\n"
+                       "  gptrecipe scale fit runs.jsonl --predict 1e17 --json --plot fit.png")
+    scale = p.add_subparsers(dest="scale_command", metavar="COMMAND", required=True)
+    f = scale.add_parser("fit", help="fit L(C) = a C^b + c (and L(N, D)) to runs; predict the loss at COMPUTE",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Fit L(C) = a * C^b + c (b < 0, 0 <= c < min L; Huber loss on log residuals "
+                         "from a grid of starts)\nwith a bootstrap interval over the runs, and, when every run has "
+                         "`params` and `tokens`,\nChinchilla's L(N, D) = E + A / N^alpha + B / D^beta (Epoch AI's "
+                         "fit).\n\nRUNS: JSONL, one run per line: {'compute': FLOPs, 'loss': held-out loss, "
+                         "'params': N, 'tokens': D}.")
+    f.add_argument("runs", help="runs JSONL file")
+    f.add_argument("--predict", type=float, required=True, metavar="COMPUTE", help="compute to predict the loss at")
+    f.add_argument("--json", action="store_true", help="print one JSON object (a, b, c, prediction, interval, ...)")
+    f.add_argument("--level", type=float, default=0.9, help="bootstrap interval level (default %(default)s)")
+    f.add_argument("--plot", metavar="PNG", help="also draw the runs, the fit and the interval (log-log)")
+    f.set_defaults(func=_run_scale_fit)
+
+
+def _run_scale_fit(args) -> int:
+    import json
+
+    from .scaling import fit_runs, plot_fit, read_runs
+
+    runs = read_runs(args.runs)
+    out = fit_runs(runs, args.predict, level=args.level)
+    if args.plot:
+        plot_fit(runs, out, args.plot)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    lo, hi = out["interval"]
+    print(f"L(C) = {out['a']:.4g} * C^{out['b']:.4f} + {out['c']:.4f}   ({out['runs']} runs, largest residual "
+          f"{max(abs(r) for r in out['residuals']):.2%})")
+    print(f"prediction at C = {args.predict:.3g} ({out['extrapolation']:.3g}x the largest run): {out['prediction']:.4f}"
+          f", {100 * args.level:.0f}% interval [{lo:.4f}, {hi:.4f}]")
+    if "chinchilla" in out:
+        ch = out["chinchilla"]
+        print(f"L(N, D) = {ch['E']:.4f} + {ch['A']:.4g} / N^{ch['alpha']:.4f} + {ch['B']:.4g} / D^{ch['beta']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tokenizer import add_cli as add_tokenizer
 
@@ -459,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages, in recipe order")
     for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, FINETUNE.add, SFT.add, _add_rank, RM.add,
-                PPO.add, _add_rlhf, _add_run, _add_chat, _add_serve):  # in recipe order
+                PPO.add, _add_rlhf, _add_run, _add_scale, _add_chat, _add_serve):  # in recipe order
         add(sub)
     return parser
 
