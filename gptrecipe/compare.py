@@ -33,9 +33,9 @@ class CompareConfig:
     max_prompts: int = 0  # 0 = all
     batch_prompts: int = 16  # prompts sampled together (programmatic labelers)
     keep_ties: bool = False  # keep prompts whose K responses a labeler scores all equal (arbitrary order)
-    # the sampled model's weights (auto = bf16 where native). fp32: on 2026-12-02 (Zen 5) the one bf16-sampled ranking set
-    # of the main job gave PPO RM-score gains of 2.5-2.9 over 3 seeds, the fp32 set 4.0-4.8: one set each, not
-    # conclusive, so the comparisons stay fp32 until measured over more sets (PPO rollouts do run in bf16)
+    # the sampled model's weights (auto = bf16 where native). fp32: on 2026-12-02 (Zen 5) the main job's one
+    # bf16-sampled ranking set gave PPO RM-score gains of 2.5-2.9 over 3 seeds, the fp32 set 4.0-4.8: one set
+    # each, not conclusive, so comparisons stay fp32 until measured over more sets (PPO rollouts run in bf16)
     dtype: str = "fp32"
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=40, temperature=1.0,
                                                                            seed=0))
