@@ -59,13 +59,17 @@ def _power_law_objective(theta: np.ndarray, x: np.ndarray, y: np.ndarray, floor:
     log_a, beta, gamma = theta
     b, s = -np.logaddexp(0.0, beta), expit(gamma)
     c = floor * s
-    term = np.exp(log_a + b * x)
-    pred = np.maximum(term + c, 1e-300)
-    r = np.log(pred) - y
-    loss, d = huber(r)
-    g = d / pred  # d loss / d pred
-    grad = np.array([np.sum(g * term), np.sum(g * term * x) * -expit(beta), np.sum(g) * floor * s * (1 - s)])
-    return float(np.sum(loss)), grad
+    with np.errstate(over="ignore", invalid="ignore"):  # a line search may try a wild step: report it as huge
+        term = np.exp(log_a + b * x)
+        pred = np.maximum(term + c, 1e-300)
+        r = np.log(pred) - y
+        loss, d = huber(r)
+        g = d / pred  # d loss / d pred
+        grad = np.array([np.sum(g * term), np.sum(g * term * x) * -expit(beta), np.sum(g) * floor * s * (1 - s)])
+    total = float(np.sum(loss))
+    if not (math.isfinite(total) and np.isfinite(grad).all()):
+        return 1e300, np.zeros(3)
+    return total, grad
 
 
 GRID = list(itertools.product((0.05, 0.1, 0.2, 0.4, 0.8), (0.05, 0.3, 0.6, 0.9)))  # (-b, c / min L) starts
