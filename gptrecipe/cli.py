@@ -419,8 +419,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--feedback", default="runs/feedback/comparisons.jsonl", metavar="FILE",
                    help="where the web chat's comparisons go (default %(default)s; 'none' to record nothing)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help=DTYPE_HELP + ". Decoding is eager (continuous batching changes the "
-                   "batch's shape every few steps; a compiled step would recompile)")
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    p.add_argument("--compile", action="store_true",
+                   help="decode through a torch.compile'd step over a static KV cache whose shape moves between "
+                   "buckets (rows: powers of two up to --max-batch; columns: powers of two up to the context), so "
+                   "continuous batching keeps working; each bucket compiles the first time it is needed (seconds "
+                   "to tens of seconds on CPU; inductor caches it on disk): for a server that runs a while "
+                   "(default: eager, which starts answering at once)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", default=None, help="serve as a chat model whatever its stage")
     mode.add_argument("--base", dest="chat", action="store_false", help="serve as a base model (no chat endpoint)")
@@ -447,8 +452,7 @@ def _run_serve(args) -> int:
     feedback = None if args.feedback.lower() == "none" else args.feedback
     serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
           model_name=args.model_name, feedback=feedback, device=args.device, dtype=args.dtype, chat=args.chat,
-          max_rows=args.max_batch,
-          max_tokens_limit=args.max_tokens_limit)
+          max_rows=args.max_batch, compile=args.compile, max_tokens_limit=args.max_tokens_limit)
     return 0
 
 

@@ -181,43 +181,90 @@ class KVCache:
 
 
 class StaticKVCache:
-    """A KV cache of fixed shape for a compiled decode step: B rows, S columns, one new token per step.
+    """A KV cache of fixed shape for a compiled decode step: B rows ("slots"), S columns, one new token per row
+    per step, each row at its own column.
 
     A compiled graph must not depend on Python numbers that change every step (each new value would compile
     again), so everything a step needs is a tensor updated in place *outside* the graph by `step_to`: the
-    column the new token's key and value go to, each row's position, and the (B, 1, 1, S) mask of the keys it
-    may see (its real tokens so far). Attention then runs over all S columns, masked; the same arithmetic as
-    `KVCache` up to the order of additions. Built from the prefilled `KVCache` of the prompts (`of`).
+    column each row's new key and value go to, each row's position, and the (B, 1, 1, S) mask of the keys it
+    may see (its real tokens so far). Attention then runs over all S columns, masked: the same arithmetic as
+    `KVCache` up to the order of additions. The sampler builds one from its prefilled, left-padded prompts
+    (`of`: every row at the same column); the serving engine keeps one for its whole running batch, writes each
+    admitted prompt into a free slot from column 0 (`put`) and moves rows between sizes (`resized`).
     """
 
-    def __init__(self, cache: KVCache, max_len: int):
-        B, S = cache.k.size(1), max_len
-        room = S - cache.length
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, config.n_head, max_len, config.d_head)
         # one buffer per layer (not views of one tensor): the compiled graph writes into them in place
-        self.k = [F.pad(k[:, :, : cache.length], (0, 0, 0, room)) for k in cache.k]
-        self.v = [F.pad(v[:, :, : cache.length], (0, 0, 0, room)) for v in cache.v]
-        self.pad, self.length, self.max_len = cache.pad, cache.length, S
-        device = cache.pad.device
-        self.col = torch.zeros(1, dtype=torch.long, device=device)
-        self.pos = torch.zeros(B, 1, dtype=torch.long, device=device)
-        self.mask = torch.zeros(B, 1, 1, S, dtype=torch.bool, device=device)
-        self._keys = torch.arange(S, device=device)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's first real column
+        self.col = torch.zeros(batch_size, dtype=torch.long, device=device)  # where each row's next token goes
+        self.pos = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+        self.mask = torch.zeros(batch_size, 1, 1, max_len, dtype=torch.bool, device=device)
+        self._keys = torch.arange(max_len, device=device)
+        self._rows = torch.arange(batch_size, device=device)
+        self.length = 0
 
-    def step_to(self, col: int) -> None:
-        """Point the next step at column `col` (outside the compiled graph)."""
-        if col >= self.max_len:
-            raise ValueError(f"KV cache full: {col + 1} positions > max_len {self.max_len}")
-        self.col.fill_(col)
-        torch.sub(col, self.pad[:, None], out=self.pos).clamp_(min=0)
-        self.mask.copy_(((self._keys <= col) & (self._keys[None, :] >= self.pad[:, None]))[:, None, None])
-        self.length = col
+    @property
+    def batch_size(self) -> int:
+        return self.pad.size(0)
+
+    @staticmethod
+    def of(cache: KVCache, max_len: int, config: GPTConfig) -> StaticKVCache:
+        """The sampler's: the rows of a prefilled (left-padded) cache with room up to `max_len` columns."""
+        new = StaticKVCache(config, cache.k.size(1), max_len, cache.k.device, cache.k.dtype)
+        for layer in range(config.n_layer):
+            new.k[layer][:, :, : cache.length] = cache.k[layer, :, :, : cache.length]
+            new.v[layer][:, :, : cache.length] = cache.v[layer, :, :, : cache.length]
+        new.pad.copy_(cache.pad)
+        new.length = cache.length
+        return new
+
+    def put(self, slot: int, cache: KVCache, row: int) -> int:
+        """Copy one row of a prefilled cache (its real columns only) into `slot` from column 0; returns its
+        length (the column its next token goes to)."""
+        start, n = int(cache.pad[row]), cache.length - int(cache.pad[row])
+        if n >= self.max_len:
+            raise ValueError(f"KV cache full: {n + 1} positions > max_len {self.max_len}")
+        for layer in range(len(self.k)):
+            self.k[layer][slot, :, :n] = cache.k[layer, row, :, start: cache.length]
+            self.v[layer][slot, :, :n] = cache.v[layer, row, :, start: cache.length]
+        self.pad[slot] = 0
+        return n
+
+    def resized(self, config: GPTConfig, slots: list[int], batch_size: int, max_len: int) -> StaticKVCache:
+        """A cache of another shape holding these slots' rows as its slots 0, 1, ... (their first `max_len`
+        columns: the caller makes sure no row is longer)."""
+        new = StaticKVCache(config, batch_size, max_len, self.pad.device, self.k[0].dtype)
+        src = torch.tensor(slots, dtype=torch.long, device=self.pad.device)
+        n, cols = len(slots), min(max_len, self.max_len)
+        for layer in range(len(self.k)):
+            new.k[layer][:n, :, :cols] = self.k[layer][src, :, :cols]
+            new.v[layer][:n, :, :cols] = self.v[layer][src, :, :cols]
+        new.pad[:n] = self.pad[src]
+        return new
+
+    def step_to(self, col: int | torch.Tensor) -> None:
+        """Point the next step of every row at column `col` (one for all, or (B,) per row), outside the compiled
+        graph."""
+        top = int(col) if isinstance(col, int) else int(col.max())
+        if top >= self.max_len:
+            raise ValueError(f"KV cache full: {top + 1} positions > max_len {self.max_len}")
+        self.col.copy_(torch.as_tensor(col, device=self.col.device))
+        torch.sub(self.col, self.pad, out=self.pos[:, 0]).clamp_(min=0)
+        seen = (self._keys[None, :] <= self.col[:, None]) & (self._keys[None, :] >= self.pad[:, None])
+        self.mask.copy_(seen[:, None, None])
+        self.length = top
 
     def attention_mask(self, tq: int) -> torch.Tensor:
         return self.mask
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k[layer][:, :, self.col] = k  # index_put_: compiles to an in-place write of one column
-        self.v[layer][:, :, self.col] = v
+        # index_put_ of one (H, D) column per row: compiles to an in-place write
+        self.k[layer][self._rows, :, self.col] = k[:, :, 0]
+        self.v[layer][self._rows, :, self.col] = v[:, :, 0]
         return self.k[layer], self.v[layer]
 
     def positions(self, tq: int, block_size: int) -> torch.Tensor:

@@ -92,7 +92,8 @@ def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], 
     """`step(tokens (B, 1), cache) -> (B, V)` logits of one decode step, compiled with torch.compile (once per
     model; one graph per batch size and cache length, which inductor also caches on disk for later processes).
     On CPU the weights are frozen into the graph (oneDNN prepacks them): the model must not change afterwards,
-    so training loops (PPO rollouts) decode eagerly."""
+    so training loops (PPO rollouts) decode eagerly. The serving engine's buckets (rows x columns) can make
+    more graphs than dynamo's default limit of 8, after which it would silently run eagerly: the limit is raised."""
     step = _COMPILED.get(model)
     if step is None:
         def decode(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
@@ -103,7 +104,8 @@ def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], 
 
         def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             # inductor reads `freezing` when it compiles (the first call of each shape); inference mode lets it
-            with torch.inference_mode(), torch._inductor.config.patch(freezing=freeze):
+            with (torch.inference_mode(), torch._inductor.config.patch(freezing=freeze),
+                  torch._dynamo.config.patch(recompile_limit=64)):
                 return compiled(tokens, cache)
 
         _COMPILED[model] = step
@@ -115,9 +117,10 @@ def can_compile(model: GPT) -> bool:
     return all(kind == "dense" for kind in model.config.attention_kinds())
 
 
-def _bucket(n: int, limit: int) -> int:
-    """Cache length for n positions: the next power of two (at least 64), so few shapes get compiled."""
-    return min(limit, max(64, 1 << (n - 1).bit_length()))
+def bucket(n: int, limit: int, least: int = 64) -> int:
+    """A size for n (cache columns, engine rows): the next power of two, at least `least` and at most `limit`,
+    so few shapes get compiled."""
+    return min(limit, max(least, 1 << (n - 1).bit_length()))
 
 
 @torch.no_grad()
@@ -139,7 +142,8 @@ def generate_ids(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConf
     budget = min(cfg.max_new_tokens, block - longest)
     cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
     logits = model.lm_head(model.hidden_states(ids, cache)[:, -1])  # the prompt's last position only
-    static = StaticKVCache(cache, _bucket(longest + budget, block)) if compile and can_compile(model) else None
+    static = (StaticKVCache.of(cache, bucket(longest + budget, block), model.config)
+              if compile and can_compile(model) else None)
     step = compiled_decode_step(model) if static is not None else None
     for i in range(budget):
         nxt = sample_next(logits, cfg, generator)

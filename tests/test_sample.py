@@ -166,7 +166,7 @@ def test_compiled_decode_gives_the_eager_tokens_greedy_and_seeded(tiny_model):
     with torch.no_grad():
         cache = tiny_model.new_cache(2, max_len=8, pad=pads)
         tiny_model(ids, cache=cache)
-        static = StaticKVCache(cache, 64)
+        static = StaticKVCache.of(cache, 64, tiny_model.config)
         nxt = torch.tensor([[9], [11]])
         want = tiny_model(nxt, cache=cache)[0][:, -1]
         static.step_to(4)
@@ -180,7 +180,7 @@ def test_static_cache_refuses_to_run_past_its_length(tiny_model):
     cache = tiny_model.new_cache(1, max_len=4)
     with torch.no_grad():
         tiny_model(torch.tensor([[1, 2]]), cache=cache)
-    static = StaticKVCache(cache, 4)
+    static = StaticKVCache.of(cache, 4, tiny_model.config)
     static.step_to(3)
     with pytest.raises(ValueError, match="KV cache full"):
         static.step_to(4)

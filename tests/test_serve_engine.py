@@ -136,3 +136,31 @@ def test_a_failing_sink_cancels_its_request_with_a_warning(model, small_tok, cap
     (rec,) = [r for r in caplog.records if "sink" in r.getMessage()]
     assert rec.levelno == logging.WARNING and f"request {rid}" in rec.getMessage()
     assert "the listener is gone" in rec.getMessage()
+
+
+def test_compiled_engine_gives_each_row_the_sampler_tokens_as_rows_join_grow_and_leave(small_tok):
+    """compile=True: rows live in the slots of a static cache that grows (more rows, more columns) and shrinks
+    as they join and leave; every row still gets exactly the eager sampler's tokens."""
+    tok = small_tok
+    torch.manual_seed(2)
+    model = GPT(tiny_config(vocab_size=tok.vocab_size, block_size=128)).eval()
+    long_ = (tok.encode("What is AI? Artificial intelligence is the study. ") * 6)[:50]  # 50 + 40 > 64 columns
+    short, joke = tok.encode("Hi"), tok.encode("Tell me a joke")
+    with Engine(model, tok, stop_ids=[], compile=True) as engine:
+        q_a: queue.Queue[Event] = queue.Queue()
+        engine.submit([long_], GenParams(max_tokens=40, temperature=0), q_a.put)
+        a_tokens = list(q_a.get(timeout=120).tokens)  # A is generating alone (1 slot); B, then C's 4 rows join it
+        b = engine.complete([short], GenParams(max_tokens=20, temperature=0))
+        c = engine.complete([short, joke], GenParams(max_tokens=12, temperature=1.0, seed=7), n=2)
+        while True:
+            ev = q_a.get(timeout=120)
+            a_tokens += ev.tokens
+            if ev.finish_reason:
+                break
+        later = engine.complete([joke], GenParams(max_tokens=10, temperature=0))  # after the batch emptied
+        assert engine._static is None and engine.stats.max_rows >= 5
+    assert a_tokens == reference(model, tok, long_, 40).token_ids
+    assert b[0].tokens == reference(model, tok, short, 20).token_ids
+    assert c[0].tokens == reference(model, tok, short, 12, temperature=1.0, seed=7).token_ids
+    assert c[2].tokens == reference(model, tok, joke, 12, temperature=1.0, seed=7).token_ids
+    assert later[0].tokens == reference(model, tok, joke, 10).token_ids

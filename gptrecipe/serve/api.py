@@ -355,11 +355,20 @@ class _Server:
             try:
                 for part in opening:
                     yield _sse({**head, "choices": [part]})
-                async for ev in self.engine.astream(prompts, params, n=req.n):
-                    choices[ev.choice].add(ev)
-                    _raise_engine_error(ev)
-                    for part in parts(ev):
-                        yield _sse({**head, "choices": [part]})
+                # every event that arrived since the last write goes out in one write (one chunk per part)
+                async for batch in self.engine.astream_batches(prompts, params, n=req.n):
+                    out = []
+                    try:
+                        for ev in batch:
+                            choices[ev.choice].add(ev)
+                            _raise_engine_error(ev)
+                            out += [_sse({**head, "choices": [part]}) for part in parts(ev)]
+                    except APIError:
+                        if out:  # what came before the error still goes out first
+                            yield "".join(out)
+                        raise
+                    if out:
+                        yield "".join(out)
                 if req.stream_options and req.stream_options.include_usage:
                     yield _sse({**head, "choices": [], "usage": self.usage(prompts, choices)})
             except APIError as e:  # headers are sent: report in-band, as OpenAI does
@@ -473,12 +482,12 @@ def _raise_engine_error(ch: Choice | Event) -> None:
 def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None = None, api_key: str | None = None,
                feedback: str | Path | None = None, device: str = "auto", dtype: str | None = None,
                chat: bool | None = None, max_rows: int = 32, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, compile: bool = False) -> FastAPI:
     """The FastAPI app serving a checkpoint (or an already loaded ServedModel). `app.state.engine` is the
-    engine (started with the app, closed at shutdown)."""
+    engine (started with the app, closed at shutdown); `compile`: the engine decodes through compiled steps."""
     served = checkpoint if isinstance(checkpoint, ServedModel) else load_served(
         checkpoint, device=device, dtype=dtype, chat=chat, name=model_name)
-    engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows)
+    engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows, compile=compile)
     srv = _Server(served, engine, max_tokens_limit=max_tokens_limit,
                   feedback=FeedbackLog(feedback) if feedback else None)
 

@@ -14,6 +14,13 @@ Sampling and each row's stop / hold-back / budget logic are the ones of `gptreci
 `RowDecoder`), the cache surgery is `KVCache.merge` / `select` / `grow`; the engine adds per-row parameters,
 per-token log-probabilities, and the prompt's log-probabilities (echo) from the prefill pass.
 
+`compile=True` decodes through the sampler's compiled step (`compiled_decode_step`) instead: the running rows
+live in the slots of a `StaticKVCache` whose shape moves between a few buckets (rows: powers of two up to
+max_rows; columns: powers of two from 64 up to the context), so joining and leaving rows never change the
+graph's shape; each admitted prompt is prefilled eagerly and copied into a free slot from column 0, each row
+writes its next token at its own column. Every bucket compiles once when it is first needed (seconds; inductor
+caches the work on disk for later processes): it pays for a server, not for one short reply.
+
     engine = Engine(model, tok, stop_ids=ChatTemplate(tok).stop_ids).start()
     for ev in engine.stream([ids], GenParams(max_tokens=50, temperature=0.7)):
         print(ev.text, end="")
@@ -33,8 +40,17 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..model import GPT, KVCache
-from ..sample import PromptTooLongError, RowDecoder, SamplingConfig, left_pad, sample_next
+from ..model import GPT, KVCache, StaticKVCache
+from ..sample import (
+    PromptTooLongError,
+    RowDecoder,
+    SamplingConfig,
+    bucket,
+    can_compile,
+    compiled_decode_step,
+    left_pad,
+    sample_next,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +163,8 @@ class _Row:
         self.dec = RowDecoder(tokenizer, budget, job.req.stop_ids, self.params.stop)
         self.pending: list[int] = []
         self.pending_lp: list[TokenLogprob] = []
+        self.slot = -1  # compiled decoding: the row's slot in the static cache
+        self.length = len(job.prompt)  # compiled decoding: the column its next token goes to
 
     def accept(self, token: int, lp: TokenLogprob | None) -> Event | None:
         """Take the drawn token; the event to stream, if there is something to say."""
@@ -175,9 +193,11 @@ def _token_logprobs(lp: torch.Tensor, tokens: torch.Tensor, k: int) -> list[Toke
 class Engine:
     """A background thread that generates for every submitted request at once (continuous batching)."""
 
-    def __init__(self, model: GPT, tokenizer, *, stop_ids: Sequence[int] | None = None, max_rows: int = 32):
+    def __init__(self, model: GPT, tokenizer, *, stop_ids: Sequence[int] | None = None, max_rows: int = 32,
+                 compile: bool = False):
         """`stop_ids`: tokens that end a reply by default (chat: <|end|>; base model: <|endoftext|>);
-        `max_rows`: the most sequences decoded together (more wait in the queue)."""
+        `max_rows`: the most sequences decoded together (more wait in the queue); `compile`: decode through
+        the compiled static-shape step (models with sparse attention layers decode eagerly)."""
         self.model = model.eval()
         self.tok = tokenizer
         self.block = model.config.block_size
@@ -196,6 +216,9 @@ class Engine:
         self._rows: list[_Row] = []
         self._cache: KVCache | None = None
         self._logits: torch.Tensor | None = None  # (rows, V): the next token's logits of every running row
+        self.compile = compile and can_compile(model)
+        self._static: StaticKVCache | None = None  # compiled decoding: the running rows' slots
+        self._decode = compiled_decode_step(model) if self.compile else None
 
     def start(self) -> Engine:
         if self._thread is None:
@@ -288,20 +311,48 @@ class Engine:
             choices[ev.choice].add(ev)
         return choices
 
-    async def astream(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
-                      n: int = 1) -> AsyncIterator[Event]:
-        """`stream` for asyncio: events arrive through the running loop; closing the iterator cancels."""
+    async def astream_batches(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
+                              n: int = 1) -> AsyncIterator[list[Event]]:
+        """`stream` for asyncio, in batches: every event that arrived since the last batch (a decode step makes
+        one per row, so a server that keeps up gets one at a time and one that falls behind writes fewer, larger
+        chunks). The engine thread wakes the event loop only when it is waiting (one wake-up per batch, not per
+        event). Closing the iterator cancels."""
         loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Event] = asyncio.Queue()
-        rid = self.submit(prompts, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev), n=n)
+        arrived: deque[Event] = deque()  # appended by the engine thread, emptied here (deque ops are atomic)
+        wake = asyncio.Event()
+        waiting = False
+
+        def sink(ev: Event) -> None:
+            nonlocal waiting
+            arrived.append(ev)
+            if waiting:  # set after the append: the waiting side checks `arrived` again before it sleeps
+                waiting = False
+                loop.call_soon_threadsafe(wake.set)
+
+        rid = self.submit(prompts, params, sink, n=n)
         left = len(prompts) * n
         try:
             while left:
-                ev = await q.get()
-                left -= ev.finish_reason is not None
-                yield ev
+                if not arrived:
+                    wake.clear()
+                    waiting = True
+                    if not arrived:
+                        await wake.wait()
+                    waiting = False
+                batch = []
+                while arrived:
+                    batch.append(arrived.popleft())
+                left -= sum(ev.finish_reason is not None for ev in batch)
+                yield batch
         finally:
             self.cancel(rid)
+
+    async def astream(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
+                      n: int = 1) -> AsyncIterator[Event]:
+        """`stream` for asyncio: events arrive through the running loop; closing the iterator cancels."""
+        async for batch in self.astream_batches(prompts, params, n=n):
+            for ev in batch:
+                yield ev
 
     async def acomplete(self, prompts: Sequence[Sequence[int]], params: GenParams, *,
                         n: int = 1) -> list[Choice]:
@@ -367,7 +418,7 @@ class Engine:
         failed += [(j.req, j.index * j.req.n + s) for j in jobs for s in range(j.req.n)]
         for req, choice in failed:
             self._emit(req, Event(choice, finish_reason="error", error=message))
-        self._rows, self._cache, self._logits = [], None, None
+        self._rows, self._cache, self._logits, self._static = [], None, None, None
         with self._cond:
             for req, _ in failed:
                 self._requests.pop(req.id, None)
@@ -405,10 +456,20 @@ class Engine:
         if not new_rows:
             return
         src_t = torch.tensor(src, device=self.device)
-        # the admitted rows (without the columns only their padding uses) join the running ones; spare room
+        if self.compile:
+            self._rows += new_rows
+            self._fit_static()
+            used = {r.slot for r in self._rows}
+            free = iter(s for s in range(self._static.batch_size) if s not in used)
+            for row, j in zip(new_rows, src, strict=True):
+                row.slot = next(free)
+                row.length = self._static.put(row.slot, tmp, j)
+        else:
+            # the admitted rows (without the columns only their padding uses) join the running ones; spare room
         # saves a copy (grow) on the next steps, and is never used past the context
-        self._cache = KVCache.merge([c for c in (self._cache, tmp.select(src_t, trim=True)) if c is not None], room=64)
-        self._rows += new_rows
+            self._cache = KVCache.merge([c for c in (self._cache, tmp.select(src_t, trim=True)) if c is not None],
+                                        room=64)
+            self._rows += new_rows
         logits = last[src_t]
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
 
@@ -431,7 +492,7 @@ class Engine:
     def _step(self) -> None:
         """Draw a token for every row, stream it, drop finished rows, and feed the rest one step."""
         rows, logits = self._rows, self._logits
-        assert logits is not None and self._cache is not None
+        assert logits is not None and (self._cache is not None or self._static is not None)
         tokens = self._sample(logits)
         want_lp = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
         lps: dict[int, TokenLogprob] = {}
@@ -453,16 +514,58 @@ class Engine:
         done = {id(r.req): r.req for r in rows if r.dec.finish is not None or r.req.cancelled}
         self._rows = [rows[i] for i in keep]
         if not keep:
-            self._cache, self._logits = None, None
+            self._cache, self._logits, self._static = None, None, None
+        elif self.compile:
+            pass
         elif len(keep) < len(rows):  # also drop the cache columns that only padding uses now
             self._cache = self._cache.select(torch.tensor(keep, device=self.device), trim=True)
         for req in done.values():
             self._finish_request_if_done(req)
         if not self._rows:
             return
+        self.stats.max_rows = max(self.stats.max_rows, len(self._rows))
+        self.stats.steps += 1
+        fed = tokens[torch.tensor(keep, device=tokens.device)]
+        if self.compile:
+            self._logits = self._compiled_step(fed)
+            return
         if self._cache.room < 1:  # doubling keeps the copies few
             self._cache = self._cache.grow(min(self.block, 2 * self._cache.max_len))
-        self.stats.max_rows = max(self.stats.max_rows, len(self._rows))
-        out, _ = self.model(tokens[torch.tensor(keep, device=tokens.device)][:, None], cache=self._cache)
+        out, _ = self.model(fed[:, None], cache=self._cache)
         self._logits = out[:, -1]
-        self.stats.steps += 1
+
+    def _fit_static(self) -> None:
+        """Make the static cache fit the running rows: more slots or columns when they need them (the next
+        bucket), fewer slots when at most a quarter are used; rows keep their place unless it moves."""
+        n, longest = len(self._rows), max(r.length for r in self._rows) + 1  # + the column the next token takes
+        rows, cols = 1 << (n - 1).bit_length(), bucket(longest, self.block)
+        st = self._static
+        if st is not None and st.batch_size >= rows and st.max_len >= cols and n > st.batch_size // 4:
+            return
+        cols = max(cols, st.max_len if st is not None else 0)  # columns only grow (rows may be long again)
+        if st is None:
+            self._static = StaticKVCache(self.model.config, rows, cols, self.device, self._dtype())
+        else:
+            old = [r.slot for r in self._rows if r.slot >= 0]
+            self._static = st.resized(self.model.config, old, rows, cols)
+            moved = iter(range(len(old)))
+            for r in self._rows:
+                if r.slot >= 0:
+                    r.slot = next(moved)
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _compiled_step(self, fed: torch.Tensor) -> torch.Tensor:
+        """Feed each running row's token at its own column of its slot; the rows' next logits."""
+        self._fit_static()
+        st = self._static
+        slots = torch.tensor([r.slot for r in self._rows], device=self.device)
+        tokens = torch.zeros(st.batch_size, 1, dtype=torch.long, device=self.device)  # free slots: a dummy token
+        tokens[slots, 0] = fed
+        cols = torch.zeros(st.batch_size, dtype=torch.long, device=self.device)  # ... at column 0 of their own
+        cols[slots] = torch.tensor([r.length for r in self._rows], device=self.device)
+        st.step_to(cols)
+        for r in self._rows:
+            r.length += 1
+        return self._decode(tokens, st)[slots]
