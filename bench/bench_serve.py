@@ -6,12 +6,14 @@
 1. Generation tokens/s on the same weights (ours mapped into GPT2LMHeadModel: same architecture, tied head,
    learned positions, pre-LN, tanh GELU), greedy, a fixed number of new tokens (no early stop), batch 1 and
    batch 16 of 16-token prompts: the plain sampler (`gptrecipe.sample.generate_ids`, eager and with the
-   compiled static-cache step), the serving engine (`gptrecipe.serve.engine.Engine`, continuous batching) and
+   compiled static-cache step), the serving engine (`gptrecipe.serve.engine.Engine`, continuous batching, eager
+   and compiled) and
    HF `generate` (KV cache). Ours decode in `--dtype` (auto: bf16 where the CPU has native bf16, as the CLI
    loads a model); HF runs in fp32 (its default) and in the same precision. Within one precision the greedy
    tokens of every implementation are checked to be identical first. Medians of --repeats, alternating.
-2. The server (`gptrecipe serve` in a subprocess) under 1, 8 and 32 concurrent streaming clients (aiohttp,
-   closed loop, a fixed number of requests each): completion tokens/s and p50 / p95 time to first token.
+2. The server (`gptrecipe serve` in a subprocess, eager and `--compile`) under 1, 8 and 32 concurrent streaming
+   clients (aiohttp, closed loop, a fixed number of requests each): completion tokens/s, tokens per CPU-second of
+   the server process (less disturbed by other load on a shared machine) and p50 / p95 time to first token.
 Needs `transformers` (bench extra) and `aiohttp` (dev extra).
 """
 
@@ -109,7 +111,8 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
         runners.append((f"HF `generate` {name}", lambda p: run_hf(hf_same, p, args.new_tokens), "hf " + name))
     if args.only:
         runners = [r for r in runners if re.search(args.only, r[0])] + [r for r in runners if r[0] == HF_FP32]
-    engine_name = f"gptrecipe engine {name} (continuous batching)"
+    engine_names = {f"gptrecipe engine {name} (continuous batching)": False,
+                    f"gptrecipe engine {name}, compiled (continuous batching)": True}
     rows = []
     for batch in args.batches:
         prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
@@ -124,16 +127,18 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
                 times[n].append(time.perf_counter() - t)
         # the engine decodes in its own thread, measured apart: while that thread lives, torch work in this one
         # runs ~2x slower on 2 cores (two OpenMP thread teams; measured), which would bias the alternation
-        if not args.only or re.search(args.only, engine_name):
+        for engine_name, compiled in engine_names.items():
+            if args.only and not re.search(args.only, engine_name):
+                continue
             time.sleep(1.0)  # let this thread's OpenMP workers stop spinning
-            with Engine(fast, tok, stop_ids=[], max_rows=64) as engine:
-                outs[engine_name] = run_engine(engine, prompts, args.new_tokens)
+            with Engine(fast, tok, stop_ids=[], max_rows=64, compile=compiled) as engine:
+                outs[engine_name] = run_engine(engine, prompts, args.new_tokens)  # warm-up (and compilation)
                 times[engine_name] = []
                 for _ in range(args.repeats):
                     t = time.perf_counter()
                     run_engine(engine, prompts, args.new_tokens)
                     times[engine_name].append(time.perf_counter() - t)
-        groups = {n: grp for n, _, grp in runners} | {engine_name: name}
+        groups = {n: grp for n, _, grp in runners} | dict.fromkeys(engine_names, name)
         same = {grp: len({json.dumps(outs[n]) for n in outs if groups[n] == grp}) == 1 for grp in groups.values()}
         tps = {n: batch * args.new_tokens / statistics.median(t) for n, t in times.items()}
         same_hf = tps.get(f"HF `generate` {name}", tps[HF_FP32])
@@ -174,6 +179,13 @@ async def one_request(session, url: str, body: dict) -> tuple[float, int, float]
     return ttft if ttft is not None else float("nan"), n, time.perf_counter() - t0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): the server's CPU cost per token is a measure that
+    other load on a shared machine disturbs far less than its wall-clock rate."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load_level(url: str, clients: int, requests_each: int, body: dict) -> dict:
     import aiohttp
 
@@ -192,10 +204,11 @@ async def load_level(url: str, clients: int, requests_each: int, body: dict) -> 
             "tokens_per_s": tokens / wall, "ttft_p50_ms": 1000 * statistics.median(ttfts), "ttft_p95_ms": 1000 * p95}
 
 
-def bench_server(ckpt: Path, args) -> list[dict]:
+def bench_server(ckpt: Path, args, compiled: bool = False) -> list[dict]:
     port = free_port()
     cmd = [sys.executable, "-m", "gptrecipe", "serve", str(ckpt), "--port", str(port), "--feedback", "none",
            "--base", "--device", "cpu", "--max-batch", "32", "--dtype", args.dtype]
+    cmd += ["--compile"] if compiled else []
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
                             if args.threads else {})}
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -217,11 +230,18 @@ def bench_server(ckpt: Path, args) -> list[dict]:
                 "stream_options": {"include_usage": True}, "stop": ["<never>"]}
         asyncio.run(load_level(url + "/v1/completions", 2, 1, body))  # warm-up
         rows = []
+        mode = "compiled" if compiled else "eager"
         for clients in args.clients:
             each = max(1, args.server_requests // clients)
+            if compiled:  # compile the buckets this level uses before measuring it
+                asyncio.run(load_level(url + "/v1/completions", clients, 1, body))
+            cpu0 = cpu_seconds(server.pid)
             row = asyncio.run(load_level(url + "/v1/completions", clients, each, body))
+            row["mode"] = mode
+            row["tokens_per_cpu_s"] = row["tokens"] / max(cpu_seconds(server.pid) - cpu0, 1e-9)
             rows.append(row)
-            print(f"{clients:>2} clients: {row['requests']} requests, {row['tokens_per_s']:.0f} tokens/s, TTFT p50 "
+            print(f"server {mode:>8}, {clients:>2} clients: {row['requests']} requests, {row['tokens_per_s']:.0f} "
+                  f"tokens/s ({row['tokens_per_cpu_s']:.0f} per CPU-second of the server), TTFT p50 "
                   f"{row['ttft_p50_ms']:.0f} ms, p95 {row['ttft_p95_ms']:.0f} ms", flush=True)
         return rows
     finally:
@@ -254,6 +274,8 @@ def main() -> None:
     ap.add_argument("--server-requests", type=int, default=64, help="requests per concurrency level (about)")
     ap.add_argument("--server-tokens", type=int, default=64, help="max_tokens of each server request")
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--server-modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"],
+                    help="the server's decoding: eager and/or `gptrecipe serve --compile` (default: both)")
     ap.add_argument("--only", help="regex: run only these generation implementations (and HF fp32, the baseline)")
     ap.add_argument("--dtype", default="auto", help="ours (and the server's) weights: auto (bf16 where native), fp32")
     ap.add_argument("--json", help="also write the results here")
@@ -276,16 +298,18 @@ def main() -> None:
             tok.save(Path(d) / "tokenizer.json")
             ckpt = save_checkpoint(Path(d) / "bench", model, CheckpointMeta.of("pretrain", cfg, tok),
                                    tokenizer_path=Path(d) / "tokenizer.json")
-            server_rows = bench_server(ckpt, args)
+            for mode in args.server_modes:
+                server_rows += bench_server(ckpt, args, compiled=mode == "compiled")
     print("\n| batch | implementation | tokens/s | vs HF fp32 | vs HF same precision |\n|---|---|---|---|---|")
     for r in gen_rows:
         same = f"{r['vs_hf_same_dtype']:.2f}x" if r["vs_hf_same_dtype"] is not None else ""
         print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x | {same} |")
     if server_rows:
-        print("\n| concurrent clients | requests | completion tokens/s | TTFT p50 | TTFT p95 |\n|---|---|---|---|---|")
+        print("\n| server | concurrent clients | requests | completion tokens/s | per server CPU-second | TTFT p50 "
+              "| TTFT p95 |\n|---|---|---|---|---|---|---|")
         for r in server_rows:
-            print(f"| {r['clients']} | {r['requests']} | {r['tokens_per_s']:,.0f} | {r['ttft_p50_ms']:,.0f} ms "
-                  f"| {r['ttft_p95_ms']:,.0f} ms |")
+            print(f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']:,.0f} | "
+                  f"{r['tokens_per_cpu_s']:,.0f} | {r['ttft_p50_ms']:,.0f} ms | {r['ttft_p95_ms']:,.0f} ms |")
     print("\nCommand: .venv/bin/python bench/bench_serve.py " + " ".join(sys.argv[1:]))
     if args.json:
         Path(args.json).write_text(json.dumps({"generation": gen_rows, "server": server_rows}, indent=2))

@@ -37,6 +37,9 @@ class CompareConfig:
     # bf16-sampled ranking set gave PPO RM-score gains of 2.5-2.9 over 3 seeds, the fp32 set 4.0-4.8: one set
     # each, not conclusive, so comparisons stay fp32 until measured over more sets (PPO rollouts run in bf16)
     dtype: str = "fp32"
+    # replies decode through the compiled static-cache step: pays for many prompts (compiling takes 10-20 s per
+    # batch size / length bucket on CPU), not for the main job's few hundred short replies
+    compile: bool = False
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=40, temperature=1.0,
                                                                            seed=0))
 
@@ -127,7 +130,8 @@ def compare(cfg: CompareConfig, *, labeler: Labeler | None = None, inp: Callable
     for b in range(0, len(todo), step):
         batch = todo[b: b + step]
         ids = [template.prompt_ids([Message("user", p)]) for p in batch for _ in range(cfg.k)]
-        texts = [c.text.strip() for c in generate(model, tok, ids, cfg.sample, stop_ids=template.stop_ids)]
+        texts = [c.text.strip() for c in generate(model, tok, ids, cfg.sample, stop_ids=template.stop_ids,
+                                                  compile=cfg.compile)]
         for i, prompt in enumerate(batch):
             responses = texts[i * cfg.k: (i + 1) * cfg.k]
             if human:

@@ -63,6 +63,11 @@ def test_rank_with_labeler_saves_and_resumes(sft_ckpt, tmp_path):
     compare(dataclasses.replace(cfg, max_prompts=0), labeler=labeler, log=lambda *a: None)  # resume: only the rest
     assert calls == ["Hello", "What is AI?", "Tell me a joke."]
     assert len(out.read_text().splitlines()) == 3
+    # the compiled decode step samples the same replies (same seed, same batch), so it ranks the same
+    for name, compiled in (("eager.jsonl", False), ("compiled.jsonl", True)):
+        compare(dataclasses.replace(cfg, out=str(tmp_path / name), max_prompts=1, compile=compiled), labeler=labeler,
+                log=lambda *a: None)
+    assert (tmp_path / "compiled.jsonl").read_text() == (tmp_path / "eager.jsonl").read_text()
 
 
 def test_rank_by_hand_skip_and_quit_keep_what_was_ranked(sft_ckpt, tmp_path):

@@ -234,6 +234,13 @@ def test_local_backend_generation_and_curve_run_end_to_end(tiny_model):
                                                                   "word_map"}
 
 
+def test_compiled_generation_answers_what_eager_generation_answers(tiny_model):
+    prompts = ["Q: 2+2?\nA:", "Translate: chat ->", "abc"]
+    eager = LocalBackend(tiny_model, ByteTokenizer(), batch_size=3).generate(prompts, 8, ["\n"])
+    compiled = LocalBackend(tiny_model, ByteTokenizer(), batch_size=3, compile=True).generate(prompts, 8, ["\n"])
+    assert compiled == eager and any(eager)
+
+
 # ---- corpus metrics ------------------------------------------------------------------------------------------
 
 def test_bits_per_byte_against_a_hand_computation(small_tok, tmp_path):

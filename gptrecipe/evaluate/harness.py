@@ -45,8 +45,10 @@ class Backend(Protocol):
 class LocalBackend:
     """A GPT checkpoint in this process. Every prompt starts with <|endoftext|>, a document start as in pretraining."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 32, name: str = "local"):
+    def __init__(self, model: torch.nn.Module, tokenizer, *, batch_size: int = 32, name: str = "local",
+                 compile: bool = False):
         self.model, self.tok, self.batch_size, self.name = model.eval(), tokenizer, batch_size, name
+        self.compile = compile  # generation through the compiled decode step (sample.generate_ids)
         self.max_tokens = model.config.block_size
         self.device = next(model.parameters()).device
 
@@ -111,7 +113,7 @@ class LocalBackend:
         out: list[str] = []
         for b in range(0, len(prompts), self.batch_size):
             ids = [self._ids(p)[-(block - 1):] for p in prompts[b: b + self.batch_size]]  # room for one token
-            out += [c.text for c in generate(self.model, self.tok, ids, cfg)]
+            out += [c.text for c in generate(self.model, self.tok, ids, cfg, compile=self.compile)]
             if bar is not None:
                 bar.update(len(ids))
         return out

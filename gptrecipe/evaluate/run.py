@@ -47,6 +47,9 @@ class EvalConfig(RunConfig):
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     device: str = "auto"
     dtype: str = "auto"  # a local model's weights: auto = bf16 where the hardware is fast at it, else fp32
+    # free-form answers decode through the compiled static-cache step: pays for many generation batches
+    # (10-20 s to compile each batch size / length bucket on CPU), not for the few of a small task set
+    compile: bool = False
     progress: bool = True
 
 
@@ -76,7 +79,7 @@ def make_backend(cfg: EvalConfig):
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
     loaded = load_checkpoint(cfg.model, pick_device(cfg.device), dtype=cfg.dtype)
     model, tok = loaded.model.eval(), loaded.tokenizer
-    return LocalBackend(model, tok, batch_size=cfg.batch_size, name=str(loaded.path)), model, tok
+    return LocalBackend(model, tok, batch_size=cfg.batch_size, name=str(loaded.path), compile=cfg.compile), model, tok
 
 
 def load_tasks(spec: str, *, synthetic: SyntheticConfig | None = None) -> list[Task]:
