@@ -501,6 +501,41 @@ def _run_scale_fit(args) -> int:
     return 0
 
 
+def _add_toolset(sub) -> None:
+    p = _parser(sub, "toolset", "LaMDA's toolset (calculator, translator, retrieval) on one query", _run_toolset,
+                "Run a query through LaMDA's toolset: every tool tries it, and their results come in the order\n"
+                "calculator, translator, retrieval (a tool that cannot parse the query adds nothing).\n\n"
+                "  calculator  arithmetic on numbers (+ - * / // % ** ^ parentheses), parsed, never evaluated as\n"
+                "              code; too large or too slow is refused\n"
+                "  translator  Chinese <-> English words and phrases (CC-CEDICT, or --dictionary TSV): a query with\n"
+                "              Chinese characters, or 'translate cat to Chinese', 'the Chinese word for cat'\n"
+                "  retrieval   BM25 snippets [source #passage] from the embedded corpora (or --docs FILES), the\n"
+                "              index built once and cached\n\n"
+                "Examples:\n  gptrecipe toolset \"37 * 12\" --json\n  gptrecipe toolset \"translate 猫\"\n"
+                "  gptrecipe toolset \"Who killed Abel?\"\n  gptrecipe toolset \"refund policy\" --docs my_notes/")
+    p.add_argument("query")
+    p.add_argument("--json", action="store_true", help='print a JSON list of {"tool", "result"} objects')
+    p.add_argument("--docs", nargs="+", metavar="PATH", default=[],
+                   help="retrieve from these text files or folders (.txt/.md) instead of the embedded corpora")
+    p.add_argument("--dictionary", metavar="TSV", help="the translator's dictionary: 'chinese<TAB>english' lines")
+
+
+def _run_toolset(args) -> int:
+    import json
+
+    from .tools import Toolset
+
+    results = Toolset.default(docs=args.docs, dictionary=args.dictionary)(args.query)
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], ensure_ascii=False))
+    else:
+        for r in results:
+            print(f"{r.tool}: {r.result}")
+        if not results:
+            print("(no tool could parse the query)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tokenizer import add_cli as add_tokenizer
 
@@ -508,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages, in recipe order")
     for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, FINETUNE.add, SFT.add, _add_rank, RM.add,
-                PPO.add, _add_rlhf, _add_run, _add_scale, _add_chat, _add_serve):  # in recipe order
+                PPO.add, _add_rlhf, _add_run, _add_scale, _add_toolset, _add_chat, _add_serve):  # in recipe order
         add(sub)
     return parser
 
