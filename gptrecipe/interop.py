@@ -2,7 +2,7 @@
 a local GPT2LMHeadModel folder (e.g. GPT-2 itself from the HF cache) into a checkpoint every stage starts from.
 
     gptrecipe export runs/speedrun/sft hf/sft        # config.json, model.safetensors, tokenizer, generation config
-    gptrecipe import ~/.cache/huggingface/hub/models--gpt2/snapshots/<hash> runs/gpt2
+    gptrecipe import ~/.cache/huggingface/hub/models--gpt2/snapshots/<hash> runs/gpt2   # a run dir: checkpoints/
 
 Our GPT is GPT-2's architecture: pre-LayerNorm blocks (eps 1e-5), tanh-approximated GELU ("gelu_new"), learned
 positions, a head tied to the token embedding. GPT-2 keeps its four projections as Conv1D ([in, out]): they are
@@ -124,29 +124,29 @@ def gpt_config_of(hf: dict[str, Any], where: Path) -> GPTConfig:
         raise InteropError(f"{where}: architectures {archs or hf.get('model_type')} is not {ARCHITECTURE}: only "
                            "GPT-2's architecture imports")
 
-    def field(name: str, default: Any) -> Any:
-        return hf.get(name, default) if hf.get(name) is not None else default
+    def get(name: str, default: Any) -> Any:  # a missing or null field has transformers' default
+        return default if hf.get(name) is None else hf[name]
 
-    n_embd, n_head = int(field("n_embd", 768)), int(field("n_head", 12))
-    n_inner = int(field("n_inner", 4 * n_embd))
-    act = field("activation_function", "gelu_new")
-    eps = float(field("layer_norm_epsilon", LN_EPS))
+    n_embd, n_head = int(get("n_embd", 768)), int(get("n_head", 12))
+    n_inner = int(get("n_inner", 4 * n_embd))
+    act = get("activation_function", "gelu_new")
+    eps = float(get("layer_norm_epsilon", LN_EPS))
     checks = [
         ("activation_function", act not in TANH_GELU, f"{act!r}: our GPT's MLP uses the tanh GELU (gelu_new)"),
         ("layer_norm_epsilon", abs(eps - LN_EPS) > 1e-12, f"{eps}: our LayerNorms use {LN_EPS}"),
         ("n_inner", n_inner % n_embd, f"{n_inner} is not a multiple of n_embd={n_embd}"),
         ("n_embd", n_embd % n_head, f"{n_embd} is not divisible by n_head={n_head}"),
-        ("scale_attn_weights", not field("scale_attn_weights", True), "false: our attention scales by 1/sqrt(d)"),
-        ("scale_attn_by_inverse_layer_idx", field("scale_attn_by_inverse_layer_idx", False), "true: not supported"),
-        ("add_cross_attention", field("add_cross_attention", False), "true: a decoder-only GPT has none"),
-        ("tie_word_embeddings", not field("tie_word_embeddings", True), "false: our GPT ties its head"),
+        ("scale_attn_weights", not get("scale_attn_weights", True), "false: our attention scales by 1/sqrt(d)"),
+        ("scale_attn_by_inverse_layer_idx", get("scale_attn_by_inverse_layer_idx", False), "true: not supported"),
+        ("add_cross_attention", get("add_cross_attention", False), "true: a decoder-only GPT has none"),
+        ("tie_word_embeddings", not get("tie_word_embeddings", True), "false: our GPT ties its head"),
     ]
     # reorder_and_upcast_attn only computes the scores in fp32 (the same function): accepted
     for name, bad, why in checks:
         if bad:
             raise InteropError(f"{where}: config field {name} = {why}")
-    return GPTConfig(vocab_size=int(field("vocab_size", 50257)), block_size=int(field("n_positions", 1024)),
-                     n_layer=int(field("n_layer", 12)), n_head=n_head, n_embd=n_embd, mlp_ratio=n_inner // n_embd,
+    return GPTConfig(vocab_size=int(get("vocab_size", 50257)), block_size=int(get("n_positions", 1024)),
+                     n_layer=int(get("n_layer", 12)), n_head=n_head, n_embd=n_embd, mlp_ratio=n_inner // n_embd,
                      bias=True, dropout=0.0)
 
 
@@ -174,7 +174,7 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     model = check_exportable(loaded.model, loaded.meta.stage, loaded.path)
     tok, chat = loaded.tokenizer, loaded.meta.stage in CHAT_STAGES
     out = Path(out)
-    tmp = _fresh(out.with_name(f".{out.name}.tmp{os.getpid()}"))
+    tmp = _staging(out, "config.json")
     save_file(to_hf_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
     config = hf_config(model.config, tok, chat)
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -186,10 +186,15 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     return _replace(tmp, out)
 
 
-def _fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
+def _staging(out: Path, marker: str) -> Path:
+    """An empty folder beside `out` to write into; `out` itself must be new, empty, or an older result (holding
+    `marker`): never a folder of something else that replacing would delete."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise InteropError(f"{out} exists and is not an earlier output (no {marker} in it): give a new folder")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _replace(tmp: Path, out: Path) -> Path:
@@ -239,20 +244,20 @@ def import_hf(src: str | Path, out: str | Path, *, seed: int = 0) -> Path:
     config = gpt_config_of(hf, src / "config.json")
     state = from_hf_state(read_hf_weights(src), config, src)
     tok, appended = read_hf_tokenizer(src)
-    new_ids = [tok.id_of(name) for name in appended]
-    rows = config.vocab_size
-    if (top := max(i for i in range(tok.vocab_size) if i not in new_ids)) >= rows:
+    new_ids = [tok.id_of(name) for name in appended]  # appended after the folder's last id
+    rows, top = config.vocab_size, min(new_ids, default=tok.vocab_size) - 1
+    if top >= rows:
         raise InteropError(f"{src}: the tokenizer has id {top} but transformer.wte.weight only {rows} rows")
     config.vocab_size = max(rows, tok.vocab_size)
     if new_ids:
         state["wte.weight"] = add_token_rows(state["wte.weight"], new_ids, config.vocab_size, seed)
     model = GPT(config)
     model.load_state_dict(state, strict=False)  # strict about shapes; the only key left out is the tied head
-    tmp = _fresh(out.with_name(f".{out.name}.tmp{os.getpid()}"))
+    tmp = _staging(out, "checkpoints")
     tok.save(tmp / "tokenizer.json")
     chat = _tokenizer_config(src).get("chat_template") == CHAT_TEMPLATE
     meta = CheckpointMeta.of("sft" if chat else "pretrain", config, tok, init=src.resolve(),
-                             imported_from=str(src.resolve()), new_tokens={n: tok.id_of(n) for n in appended})
+                             new_tokens={n: tok.id_of(n) for n in appended})
     save_checkpoint(tmp / "checkpoints" / "step_0000000", model, meta, tokenizer_path=tmp / "tokenizer.json")
     (tmp / "tokenizer.json").unlink()
     return _replace(tmp, out)

@@ -49,7 +49,8 @@ def hf_dir(tmp_path_factory):
             "machines that think. Tell me a joke. Why did the chicken cross the road? 1234 5678  ") * 50
     bpe = tokenizers.ByteLevelBPETokenizer()  # GPT-2's pre-tokenizer and decoder
     bpe.train_from_iterator([text], vocab_size=380, special_tokens=["<|endoftext|>"], show_progress=False)
-    bpe.save_model(str(out))  # vocab.json + merges.txt, as GPT-2 ships them
+    bpe.save_model(str(out))  # vocab.json + merges.txt, as GPT-2 ships them (and tokenizer.json, read first)
+    bpe.save(str(out / "tokenizer.json"))
     vocab = bpe.get_vocab_size()
     config = transformers.GPT2Config(vocab_size=vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=0, eos_token_id=0)
@@ -136,6 +137,8 @@ def test_export_loads_in_transformers_with_our_logits_ids_and_generation(small_t
         got = hf_tok.apply_chat_template([{"role": m.role, "content": m.content} for m in CHAT], tokenize=True,
                                          add_generation_prompt=True, return_dict=False)
         assert list(got) == template.prompt_ids(CHAT)
+    reply = transformers.pipeline("text-generation", str(out))("Hello!", max_new_tokens=3, do_sample=False)
+    assert reply[0]["generated_text"].startswith("Hello!")
     gen = json.loads((out / "generation_config.json").read_text())
     stops = template.stop_ids if stage == "sft" else [small_tok.eot_id]
     assert gen["eos_token_id"] in (stops, stops[0])
@@ -153,7 +156,7 @@ def test_export_loads_in_transformers_with_our_logits_ids_and_generation(small_t
 
 def test_export_then_import_gives_identical_weights(small_tok, tmp_path):
     ckpt, model = our_checkpoint(tmp_path, small_tok, "sft")
-    assert cli("export", ckpt, tmp_path / "hf") == 0
+    assert cli("export", ckpt, tmp_path / "hf") == 0 and cli("export", ckpt, tmp_path / "hf") == 0  # replaces
     assert cli("import", tmp_path / "hf", tmp_path / "back") == 0
     back = load_checkpoint(tmp_path / "back")
     assert back.meta.stage == "sft" and back.meta.extras["new_tokens"] == {}  # a chat model stays one
@@ -199,6 +202,11 @@ def test_export_refuses_what_gpt2_cannot_express(small_tok, tmp_path, capsys):
     ckpt = save_stage_checkpoint(tmp_path / "rm", rm, small_tok, stage="rm")
     assert "RewardModel" in refused(capsys, "export", ckpt, tmp_path / "c")
     assert not any((tmp_path / n).exists() for n in "abc")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    ckpt, _ = our_checkpoint(tmp_path / "ok", small_tok, "pretrain")
+    assert "not an earlier output" in refused(capsys, "export", ckpt, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_import_refuses_folders_it_cannot_reproduce(hf_dir, tmp_path, capsys):
