@@ -181,7 +181,7 @@ def export_hf(ckpt: str | Path, out: str | Path) -> Path:
     stops = [tok.id_of("<|end|>"), tok.eot_id] if chat else [tok.eot_id]
     (tmp / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": tok.eot_id, "eos_token_id": stops if chat else stops[0],
-         "pad_token_id": config["pad_token_id"], "max_length": model.config.block_size}, indent=2))
+         "pad_token_id": config["pad_token_id"]}, indent=2))
     export_hf_tokenizer(tok, tmp, model_max_length=model.config.block_size, chat=chat)
     return _replace(tmp, out)
 
