@@ -16,6 +16,9 @@ bytes with lower-ranked tokens only, ends with ("canonical" merge) and every tok
 not give that (the HF trainer can reach one token by two different merges), so after training the HF
 tokenizer is rebuilt from the ranks with the canonical merges, dropping any token that has none. Loading
 checks the same property, so a file that would make the encoders disagree is refused.
+
+A vocabulary imported from GPT-2 (`read_hf_tokenizer`, for `gptrecipe import`) keeps GPT-2's own split regex and
+ids, with the special tokens it lacks appended after its last id; both encoders follow its split too.
 """
 
 from __future__ import annotations

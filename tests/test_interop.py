@@ -106,6 +106,17 @@ def test_import_reads_pytorch_bin_with_old_names(hf_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_imported_gpt2_exports_back_to_the_same_model(hf_dir, tmp_path):
+    """GPT-2 -> ours -> GPT-2: the same logits on GPT-2's ids, and its tokenizer (GPT-2's split) gives GPT-2's ids."""
+    assert cli("import", hf_dir, tmp_path / "gpt2") == 0 and cli("export", tmp_path / "gpt2", tmp_path / "hf") == 0
+    n_hf = json.loads((hf_dir / "config.json").read_text())["vocab_size"]
+    ids = torch.randint(0, n_hf, (1, 40))
+    torch.testing.assert_close(hf_logits(tmp_path / "hf", ids)[..., :n_hf], hf_logits(hf_dir, ids), rtol=0, atol=1e-5)
+    ref, back = (transformers.AutoTokenizer.from_pretrained(d) for d in (hf_dir, tmp_path / "hf"))
+    for text in PROBES[:-1]:
+        assert back(text)["input_ids"] == ref(text)["input_ids"], text
+
+
 # ---- export ------------------------------------------------------------------------------------------------
 
 def our_checkpoint(tmp_path, tok, stage: str, bias: bool = True, **kw):
