@@ -165,6 +165,9 @@ def split_pattern(pre) -> str | None:
         return None
 
 
+BPE_EXTRAS = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")  # tiktoken has none
+
+
 def _check_splitting(config: dict, where: str) -> str:
     """The file's split pattern; refuse a pre-tokenizer tiktoken cannot reproduce, or a normalizer."""
     pattern = split_pattern(config.get("pre_tokenizer"))
@@ -182,10 +185,9 @@ def _check_file(config: dict, ranks: dict[bytes, int], specials: dict[str, int],
     if added != {s: (i, True) for s, i in specials.items()}:
         raise TokenizerError(f"{where}: added tokens must be exactly the {len(specials)} special tokens")
     model = config["model"]
-    extras = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
-    if not model.get("ignore_merges") or any(model.get(k) for k in extras):
+    if not model.get("ignore_merges") or any(model.get(k) for k in BPE_EXTRAS):
         raise TokenizerError(f"{where}: BPE options differ from tiktoken's BPE (need ignore_merges=true "
-                             f"and none of {', '.join(extras)})")
+                             f"and none of {', '.join(BPE_EXTRAS)})")
     _check_splitting(config, where)
     merges, orphans = canonical_merges(ranks)
     if orphans:
@@ -381,6 +383,8 @@ def read_hf_tokenizer(folder: str | Path) -> tuple[Tokenizer, list[str]]:
             model = config.get("model") or {}
             if model.get("type") != "BPE":
                 raise TokenizerError(f"{file}: not a BPE tokenizer (model type {model.get('type')!r})")
+            if extra := [k for k in BPE_EXTRAS if model.get(k)]:
+                raise TokenizerError(f"{file}: BPE option {extra[0]} is set; tiktoken's byte-level BPE has none")
             pattern = _check_splitting(config, str(file))
             vocab = dict(model.get("vocab") or {})
             added = {t["content"]: t["id"] for t in config.get("added_tokens") or []}

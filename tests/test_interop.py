@@ -273,3 +273,24 @@ def test_imported_model_fine_tunes_samples_and_serves(hf_dir, tmp_path, capsys):
     assert cli("sample", tmp_path / "gpt2", "-p", "Hello", "-n", "5", "-t", "0", "--device", "cpu") == 0
     served = load_served(tmp_path / "sft", device="cpu")
     assert served.chat and served.name == "sft"
+
+
+def test_hf_tokenizer_folders_tiktoken_cannot_reproduce_are_refused(hf_dir, tmp_path):
+    from gptrecipe.tokenizer import TokenizerError, read_hf_tokenizer
+
+    good = json.loads((hf_dir / "tokenizer.json").read_text())
+
+    def refused_with(edit, match: str) -> None:
+        config = json.loads(json.dumps(good))
+        edit(config)
+        (tmp_path / "tokenizer.json").write_text(json.dumps(config))
+        with pytest.raises(TokenizerError, match=match):
+            read_hf_tokenizer(tmp_path)
+
+    refused_with(lambda c: c["added_tokens"].append({"id": 999, "content": "<pad>", "special": True}),
+                 "added token '<pad>' is not one of gptrecipe's special tokens")
+    refused_with(lambda c: c["model"].update(byte_fallback=True), "BPE option byte_fallback is set")
+    refused_with(lambda c: c.update(pre_tokenizer={"type": "Whitespace"}), "pre-tokenizer is neither")
+    refused_with(lambda c: c["model"]["vocab"].update({"▁word": 998}), "'▁word' is not a byte-level BPE token")
+    with pytest.raises(TokenizerError, match="no tokenizer.json, nor GPT-2's vocab.json and merges.txt"):
+        read_hf_tokenizer(tmp_path / "empty")
