@@ -70,7 +70,8 @@ def to_hf_state(model: GPT) -> dict[str, torch.Tensor]:
     for name, hf in _names(model.config.n_layer).items():
         t = ours.get(name)
         if t is None:  # a bias of a bias-free model: zero is exact
-            t = ours[name.replace(".bias", ".weight")].new_zeros(ours[name.replace(".bias", ".weight")].shape[0])
+            weight = ours[name.removesuffix(".bias") + ".weight"]
+            t = weight.new_zeros(weight.shape[0])
         out[f"transformer.{hf}"] = (t.t() if _is_conv1d(hf) else t).contiguous()
     return out
 
