@@ -271,6 +271,10 @@ def test_imported_model_fine_tunes_samples_and_serves(hf_dir, tmp_path, capsys):
     val = [e["val_loss"] for e in evals if "val_loss" in e]
     assert len(val) == 2 and val[-1] < 0.5 * val[0]
     assert cli("sample", tmp_path / "gpt2", "-p", "Hello", "-n", "5", "-t", "0", "--device", "cpu") == 0
+    (tmp_path / "text.txt").write_text("What is AI? Artificial intelligence is the study of machines.\n" * 20)
+    assert cli("eval", tmp_path / "gpt2", "--corpus", tmp_path / "text.txt", "--name", "ev", "tasks=[]",
+               f"out_dir={tmp_path}") == 0
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["corpora"][0]["bits_per_byte"] > 0
     served = load_served(tmp_path / "sft", device="cpu")
     assert served.chat and served.name == "sft"
 
