@@ -536,6 +536,45 @@ def _run_toolset(args) -> int:
     return 0
 
 
+def _add_export(sub) -> None:
+    p = _parser(sub, "export", "write a checkpoint as a Hugging Face GPT-2 folder (transformers, vLLM, llama.cpp)",
+                _run_export,
+                "Write a GPT checkpoint (pretrain, sft, ppo policy) as a GPT2LMHeadModel folder: config.json,\n"
+                "model.safetensors, tokenizer.json + tokenizer_config.json (with the chat template for chat models),\n"
+                "generation_config.json. Sparse attention layers and reward / task heads cannot be expressed.\n\n"
+                "Examples:\n  gptrecipe export runs/speedrun/sft hf/sft\n"
+                "  vllm serve hf/sft      # or transformers: pipeline(\"text-generation\", \"hf/sft\")")
+    p.add_argument("checkpoint", help="checkpoint dir, or a run dir (uses its latest checkpoint)")
+    p.add_argument("out", help="the folder to write (replaced if it exists)")
+
+
+def _run_export(args) -> int:
+    from .interop import export_hf
+
+    print(f"wrote a GPT2LMHeadModel folder to {export_hf(args.checkpoint, args.out)}")
+    return 0
+
+
+def _add_import(sub) -> None:
+    p = _parser(sub, "import", "turn a local Hugging Face GPT-2 folder into a checkpoint every stage starts from",
+                _run_import,
+                "Read a local GPT2LMHeadModel folder (model.safetensors or pytorch_model.bin, tokenizer.json or\n"
+                "vocab.json + merges.txt) into a run dir OUT holding one checkpoint. The chat special tokens the\n"
+                "vocabulary lacks are appended (embeddings: the mean embedding plus small seeded noise).\n\n"
+                "Examples:\n  gptrecipe import ~/.cache/huggingface/hub/models--gpt2/snapshots/*/ runs/gpt2\n"
+                "  gptrecipe sft --init runs/gpt2 train.max_steps=300")
+    p.add_argument("hf_dir", help="a local Hugging Face model folder (no downloads)")
+    p.add_argument("out", help="the run dir to write (replaced if it exists)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new tokens' embedding noise")
+
+
+def _run_import(args) -> int:
+    from .interop import import_hf
+
+    print(f"imported {args.hf_dir} -> {import_hf(args.hf_dir, args.out, seed=args.seed)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .tokenizer import add_cli as add_tokenizer
 
@@ -543,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages, in recipe order")
     for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, FINETUNE.add, SFT.add, _add_rank, RM.add,
-                PPO.add, _add_rlhf, _add_run, _add_scale, _add_toolset, _add_chat, _add_serve):  # in recipe order
+                PPO.add, _add_rlhf, _add_run, _add_scale, _add_toolset, _add_chat, _add_serve,
+                _add_export, _add_import):  # in recipe order
         add(sub)
     return parser
 

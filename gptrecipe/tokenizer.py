@@ -16,6 +16,9 @@ bytes with lower-ranked tokens only, ends with ("canonical" merge) and every tok
 not give that (the HF trainer can reach one token by two different merges), so after training the HF
 tokenizer is rebuilt from the ranks with the canonical merges, dropping any token that has none. Loading
 checks the same property, so a file that would make the encoders disagree is refused.
+
+A vocabulary imported from GPT-2 (`read_hf_tokenizer`, for `gptrecipe import`) keeps GPT-2's own split regex and
+ids, with the special tokens it lacks appended after its last id; both encoders follow its split too.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*"""
     r"""|\s*[\r\n]|\s+(?!\S)|\s+"""
 )
+# GPT-2's split (the regex of HF's ByteLevel pre-tokenizer with use_regex=true): what imported GPT-2 vocabularies use
+GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",  # document separator / beginning of sequence
@@ -76,9 +81,12 @@ def _spell(token: bytes) -> str:
     return "".join(BYTE_TO_CHAR[b] for b in token)
 
 
-def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+def _pre_tokenizer(pattern: str = GPT4_SPLIT_PATTERN) -> pre_tokenizers.PreTokenizer:
+    """Split by `pattern`, then spell bytes; GPT-2's split is written as GPT-2's own ByteLevel pre-tokenizer."""
+    if pattern == GPT2_SPLIT_PATTERN:
+        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
 
@@ -123,8 +131,9 @@ def consistent_ranks(ranks: dict[bytes, int], first_id: int) -> dict[bytes, int]
     return {token: first_id + i for i, token in enumerate(order)}
 
 
-def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int]) -> HFTokenizer:
-    """An HF tokenizer that encodes exactly like tiktoken does with these ranks."""
+def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int],
+                   pattern: str = GPT4_SPLIT_PATTERN) -> HFTokenizer:
+    """An HF tokenizer that encodes exactly like tiktoken does with these ranks (splitting text by `pattern`)."""
     merges, orphans = canonical_merges(ranks)
     if orphans:
         raise ValueError(f"{len(orphans)} tokens have no canonical merge: use consistent_ranks() first")
@@ -133,22 +142,41 @@ def _hf_from_ranks(ranks: dict[bytes, int], specials: dict[str, int]) -> HFToken
     # ignore_merges: a piece that is itself a token is that token, as in tiktoken
     model = models.BPE(vocab=vocab, merges=[(_spell(a), _spell(b)) for a, b in merges], ignore_merges=True)
     hf = HFTokenizer(model)
-    hf.pre_tokenizer = _pre_tokenizer()
+    hf.pre_tokenizer = _pre_tokenizer(pattern)
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False)
                            for s in sorted(specials, key=specials.__getitem__)])
     return hf
 
 
-def _is_our_pre_tokenizer(pre) -> bool:
+def split_pattern(pre) -> str | None:
+    """The split regex of a tokenizer.json pre-tokenizer that tiktoken can reproduce: the GPT-4 split followed by
+    ByteLevel (ours), or GPT-2's ByteLevel with its own regex; None for anything else."""
     try:
+        if pre["type"] == "ByteLevel":
+            return GPT2_SPLIT_PATTERN if pre.get("use_regex", True) and not pre.get("add_prefix_space") else None
         split, byte_level = pre["pretokenizers"]
-        return (pre["type"] == "Sequence" and split["type"] == "Split" and split["behavior"] == "Isolated"
+        ours = (pre["type"] == "Sequence" and split["type"] == "Split" and split["behavior"] == "Isolated"
                 and split["pattern"] == {"Regex": GPT4_SPLIT_PATTERN} and not split.get("invert")
                 and byte_level["type"] == "ByteLevel" and not byte_level.get("add_prefix_space")
                 and not byte_level.get("use_regex"))
+        return GPT4_SPLIT_PATTERN if ours else None
     except (TypeError, KeyError, ValueError):
-        return False
+        return None
+
+
+BPE_EXTRAS = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")  # tiktoken has none
+
+
+def _check_splitting(config: dict, where: str) -> str:
+    """The file's split pattern; refuse a pre-tokenizer tiktoken cannot reproduce, or a normalizer."""
+    pattern = split_pattern(config.get("pre_tokenizer"))
+    if pattern is None:
+        raise TokenizerError(f"{where}: pre-tokenizer is neither the GPT-4 split regex followed by ByteLevel nor "
+                             "GPT-2's ByteLevel (use_regex=true, add_prefix_space=false)")
+    if config.get("normalizer") is not None:
+        raise TokenizerError(f"{where}: a normalizer is set; byte-level BPE must see the raw text")
+    return pattern
 
 
 def _check_file(config: dict, ranks: dict[bytes, int], specials: dict[str, int], where: str) -> None:
@@ -157,14 +185,10 @@ def _check_file(config: dict, ranks: dict[bytes, int], specials: dict[str, int],
     if added != {s: (i, True) for s, i in specials.items()}:
         raise TokenizerError(f"{where}: added tokens must be exactly the {len(specials)} special tokens")
     model = config["model"]
-    extras = ("dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
-    if not model.get("ignore_merges") or any(model.get(k) for k in extras):
+    if not model.get("ignore_merges") or any(model.get(k) for k in BPE_EXTRAS):
         raise TokenizerError(f"{where}: BPE options differ from tiktoken's BPE (need ignore_merges=true "
-                             f"and none of {', '.join(extras)})")
-    if not _is_our_pre_tokenizer(config.get("pre_tokenizer")):
-        raise TokenizerError(f"{where}: pre-tokenizer is not the GPT-4 split regex followed by ByteLevel")
-    if config.get("normalizer") is not None:
-        raise TokenizerError(f"{where}: a normalizer is set; byte-level BPE must see the raw text")
+                             f"and none of {', '.join(BPE_EXTRAS)})")
+    _check_splitting(config, where)
     merges, orphans = canonical_merges(ranks)
     if orphans:
         raise TokenizerError(f"{where}: {len(orphans)} tokens (e.g. {orphans[0]!r}) have no canonical merge")
@@ -207,7 +231,10 @@ class Tokenizer:
             raise TokenizerError(f"{source}: two tokens share an id")
         if config is not None:
             _check_file(config, ranks, self.specials, source)
-        self.tt = tiktoken.Encoding(name=f"gptrecipe-{len(vocab)}", pat_str=GPT4_SPLIT_PATTERN,
+        self.pattern = split_pattern((config or json.loads(hf.to_str())).get("pre_tokenizer"))
+        if self.pattern is None:
+            raise TokenizerError(f"{source}: pre-tokenizer is neither ours nor GPT-2's byte-level split")
+        self.tt = tiktoken.Encoding(name=f"gptrecipe-{len(vocab)}", pat_str=self.pattern,
                                     mergeable_ranks=ranks, special_tokens=self.specials)
         self._hf_text: HFTokenizer | None = None  # lazily: a copy that reads special-token strings as text
 
@@ -340,6 +367,52 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> text; a cut multi-byte character (mid-stream) shows as U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+
+def read_hf_tokenizer(folder: str | Path) -> tuple[Tokenizer, list[str]]:
+    """The byte-level BPE tokenizer of a Hugging Face model folder (tokenizer.json, or GPT-2's vocab.json and
+    merges.txt) and the special tokens it lacked, appended after its last id (GPT-2 has only <|endoftext|>).
+
+    Ids are kept; the HF side is rebuilt from the ranks (the ids) with canonical merges, which is how tiktoken
+    encodes GPT-2 too. A vocabulary tiktoken's BPE cannot reproduce, or other added tokens, are refused."""
+    folder = Path(folder)
+    file = folder / "tokenizer.json"
+    try:
+        if file.is_file():
+            config = json.loads(file.read_text(encoding="utf-8"))
+            model = config.get("model") or {}
+            if model.get("type") != "BPE":
+                raise TokenizerError(f"{file}: not a BPE tokenizer (model type {model.get('type')!r})")
+            if extra := [k for k in BPE_EXTRAS if model.get(k)]:
+                raise TokenizerError(f"{file}: BPE option {extra[0]} is set; tiktoken's byte-level BPE has none")
+            pattern = _check_splitting(config, str(file))
+            vocab = dict(model.get("vocab") or {})
+            added = {t["content"]: t["id"] for t in config.get("added_tokens") or []}
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            file, pattern, added = folder / "vocab.json", GPT2_SPLIT_PATTERN, {}
+            vocab = json.loads(file.read_text(encoding="utf-8"))
+        else:
+            raise TokenizerError(f"{folder}: no tokenizer.json, nor GPT-2's vocab.json and merges.txt")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as e:
+        raise TokenizerError(f"{file}: not a readable tokenizer ({e})") from None
+    if other := [t for t in added if t not in SPECIAL_TOKENS]:
+        raise TokenizerError(f"{file}: added token {other[0]!r} is not one of gptrecipe's special tokens")
+    specials = {t: i for t, i in {**vocab, **added}.items() if t in SPECIAL_TOKENS}
+    ranks: dict[bytes, int] = {}
+    for text, i in vocab.items():
+        if text not in specials:
+            try:
+                ranks[bytes(CHAR_TO_BYTE[c] for c in text)] = i
+            except KeyError:
+                raise TokenizerError(f"{file}: token {text!r} is not a byte-level BPE token") from None
+    next_id = max([*ranks.values(), *specials.values()]) + 1
+    appended = [name for name in SPECIAL_TOKENS if name not in specials]
+    specials.update({name: next_id + i for i, name in enumerate(appended)})
+    try:
+        hf = _hf_from_ranks(ranks, specials, pattern)
+    except ValueError as e:
+        raise TokenizerError(f"{file}: tiktoken's BPE cannot reproduce this vocabulary ({e})") from None
+    return Tokenizer(hf, source=str(file)), appended
 
 
 def compression_stats(tok: Tokenizer, texts: Iterable[str]) -> dict:

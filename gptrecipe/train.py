@@ -40,6 +40,7 @@ from .checkpoint import (
 from .io import complete_lines
 from .model import GPT, optimizer_groups
 from .runtime import all_reduce_sum, autocast, init_distributed, measure_peak_flops, pick_dtype
+from .trackers import TRACKERS, Tracker, numbers, open_trackers
 
 
 @dataclass
@@ -65,6 +66,11 @@ class TrainConfig:
     checkpoint_every: int = 500  # 0 = only at the end
     keep_checkpoints: int = 2
     progress: bool = True
+    report_to: list[str] = field(default_factory=list)  # also log metrics to "tensorboard" and / or "wandb"
+
+    def validate(self) -> None:
+        if unknown := [n for n in self.report_to if n not in TRACKERS]:
+            raise ValueError(f"train.report_to: unknown tracker {unknown[0]!r}; known: {', '.join(TRACKERS)}")
 
 
 @dataclass
@@ -162,10 +168,11 @@ class TrainResult:
 
 
 class MetricsLog:
-    """Append-only JSONL of metrics; on resume, lines from steps after the checkpoint are dropped."""
+    """Append-only JSONL of metrics; on resume, lines from steps after the checkpoint are dropped. Each row's
+    numbers also go to the `trackers` (TensorBoard, wandb), if any; `close` ends them."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None, trackers: list[Tracker] = ()):
+        self.path, self.enabled, self.trackers = path, enabled, list(trackers)
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,6 +186,14 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.trackers and (metrics := numbers(record)):
+                for tracker in self.trackers:
+                    tracker.log(metrics, record["step"])
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -348,7 +363,9 @@ def train(
     if resume:
         t.restore()
     start, info, result = t.step_no, t.info, t.result
-    log = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start if resume else None)
+    trackers = (open_trackers(cfg.report_to, run_dir, stage=t.meta.stage, config=t.meta.run,
+                              resume_step=start if resume else None) if info.is_main and cfg.report_to else [])
+    log = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start if resume else None, trackers)
     if info.is_main:
         log.write({"step": start, "event": "start", "device": str(t.device), "dtype": str(t.dtype),
                    "world_size": info.world_size, "grad_accum": t.accum,
@@ -378,6 +395,7 @@ def train(
         t.maybe_sample(log)
         t.maybe_checkpoint()
     bar.close()
+    log.close()  # trackers flush each row, and wandb finishes its run at exit should the loop raise
     # medians over the steady steps, skipping the first (warm-up, compilation) steps
     steady = sorted(timed[min(len(timed) - 1, 3):], key=lambda x: x[1] / x[0]) if timed else []
     if steady:

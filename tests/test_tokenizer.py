@@ -305,10 +305,16 @@ def test_bad_files(tok, tmp_path):
     write(lambda c: c["model"].__setitem__("dropout", 0.1))
     with pytest.raises(TokenizerError, match="BPE options differ"):
         Tokenizer.from_file(path)
+    write(lambda c: c.__setitem__("pre_tokenizer", {"type": "ByteLevel", "add_prefix_space": True,
+                                                    "trim_offsets": True, "use_regex": True}))
+    with pytest.raises(TokenizerError, match="pre-tokenizer is neither the GPT-4 split regex .* nor GPT-2's"):
+        Tokenizer.from_file(path)
+    # GPT-2's split (imported GPT-2 vocabularies): tiktoken reproduces it, so the same vocabulary is fine with it
     write(lambda c: c.__setitem__("pre_tokenizer", {"type": "ByteLevel", "add_prefix_space": False,
                                                     "trim_offsets": True, "use_regex": True}))
-    with pytest.raises(TokenizerError, match="pre-tokenizer is not the GPT-4 split regex"):
-        Tokenizer.from_file(path)
+    gpt2_split = Tokenizer.from_file(path)
+    text = "Hello  world!! 12345 don't   stop\n\n  ünïcödé 世界 🙂"
+    assert gpt2_split.encode(text) == gpt2_split.encode_hf(text) != tok.encode(text)
     write(lambda c: c["model"]["vocab"].pop("Ā"))  # the byte 0x00
     with pytest.raises(TokenizerError, match="255 of the 256 single-byte tokens"):
         Tokenizer.from_file(path)
