@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint
 from .config import REPO_ROOT, ConfigError, apply_overrides, to_dict
 from .data import BatchLoader, prepare_data
-from .evaluate.harness import normalized_match
+from .evaluate.harness import normalize_answer
 from .evaluate.lm_metrics import token_byte_lengths
 from .evaluate.prompts import fit_prompt
 from .evaluate.synthetic import SyntheticConfig, synthetic_suite
@@ -123,7 +123,7 @@ def member(base: PretrainConfig, n_embd: int, ratio: float, world_size: int = 1)
     n = m.num_params()
     per_step = step_tokens(base, world_size)
     steps = max(1, round(ratio * n / per_step))
-    warmup = min(steps, max(1, round(base.train.warmup_steps * steps / base.train.max_steps)))
+    warmup = max(1, round(base.train.warmup_steps * steps / base.train.max_steps))
     tokens = steps * per_step
     non_emb = n - m.wte.weight.numel() - m.wpe.weight.numel()
     return Member(name=f"d{n_embd:04d}", n_layer=base.model.n_layer, n_embd=n_embd, steps=steps,
@@ -164,7 +164,7 @@ def member_config(base: PretrainConfig, m: Member, out_dir: Path) -> PretrainCon
     """The recipe at member `m`, quiet: evaluates and samples only at its end (the loss is measured after)."""
     return dataclasses.replace(
         base, name=m.name, out_dir=str(out_dir), model=dataclasses.replace(base.model, n_embd=m.n_embd),
-        sample=dataclasses.replace(base.sample, max_new_tokens=1, num_samples=1), sample_prompts=["\n"],
+        sample=dataclasses.replace(base.sample, max_new_tokens=1, num_samples=1), sample_prompts=["\n"], report=False,
         train=dataclasses.replace(base.train, max_steps=m.steps, warmup_steps=m.warmup_steps, eval_every=0,
                                   eval_batches=1, sample_every=0, checkpoint_every=max(1, m.steps // 4),
                                   keep_checkpoints=1))
@@ -184,7 +184,7 @@ def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOW
     model.eval()
     total_w = sum(c.weight for c in data.corpora)
     loss = var = bpb = 0.0
-    tokens = 0
+    tokens, per_corpus = 0, {}
     for c in data.corpora:
         rows, nats, nb = [], 0.0, 0
         for x, y in loader.val_batches(c.name, 16, math.ceil(windows / 16)):
@@ -194,10 +194,12 @@ def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOW
             nb += int(nbytes[y.numpy()].sum())
             tokens += y.numel()
         w = c.weight / total_w
-        loss += w * float(np.mean(rows))
+        per_corpus[c.name] = float(np.mean(rows))
+        loss += w * per_corpus[c.name]
         var += w * w * (float(np.var(rows, ddof=1)) / len(rows) if len(rows) > 1 else 0.0)
         bpb += w * nats / math.log(2) / max(nb, 1)
-    return {"loss": loss, "loss_se": math.sqrt(var), "bits_per_byte": bpb, "heldout_tokens": tokens}
+    return {"loss": loss, "loss_se": math.sqrt(var), "bits_per_byte": bpb, "heldout_tokens": tokens,
+            "per_corpus": per_corpus}
 
 
 CAPABILITY_FAMILY = "classify"  # the pretraining mixture's builtin:icl rules: the one family tiny models learn
@@ -205,7 +207,7 @@ CAPABILITY_FAMILY = "classify"  # the pretraining mixture's builtin:icl rules: t
 
 def capability_problems(tok, block_size: int, tasks: int = 8, items: int = 4, k: int = 8) -> list[tuple[str, str]]:
     """(prompt, target) generative problems: held-out synthetic tasks (rules pretraining never saw) with K solved
-    examples; the model must write the query's output itself (scored by normalized exact match)."""
+    examples; the model must write the query's output itself (see `solves`)."""
     cfg = SyntheticConfig(families=[CAPABILITY_FAMILY], tasks_per_family=tasks, test_items=items)
     out = []
     for task in synthetic_suite(cfg):
@@ -224,8 +226,15 @@ def solve_counts(model: GPT, tok, problems: list[tuple[str, str]], samples: int,
     texts: list[str] = []
     for i in range(0, len(prompts), 256):
         texts += [c.text for c in generate(model, tok, prompts[i: i + 256], cfg)]
-    return [sum(normalized_match(texts[j * samples + s], target) for s in range(samples))
+    return [sum(solves(texts[j * samples + s], target) for s in range(samples))
             for j, (_, target) in enumerate(problems)]
+
+
+def solves(completion: str, target: str) -> bool:
+    """The completion's first words are the target's (normalized: case, punctuation, articles); a model that goes
+    on writing after its answer still answered."""
+    want = normalize_answer(target).split()
+    return normalize_answer(completion).split()[: len(want)] == want
 
 
 def measure(checkpoint: str | Path, base: PretrainConfig, windows: int, capability_samples: int = 0) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from gptrecipe.sweep import (
     member,
     plan,
     register_prediction,
+    solves,
     tokens_per_param,
 )
 from tests.conftest import tiny_config
@@ -196,3 +197,10 @@ def test_kill_9_sweep_continues_the_run_it_was_in(tmp_path):
                {k: v for k, v in b.items() if k not in ("seconds", "loss", "loss_se", "bits_per_byte")}
         for key in ("loss", "loss_se", "bits_per_byte"):
             assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("completion, target, ok", [(" green", "green", True), (" Green, iron ->", "green", True),
+                                                    (" greenish", "green", False), ("", "green", False),
+                                                    (" a b c", "a b c", True), (" a b", "a b c", False)])
+def test_a_completion_solves_when_its_first_words_are_the_target(completion, target, ok):
+    assert solves(completion, target) is ok
