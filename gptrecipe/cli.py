@@ -335,12 +335,13 @@ def _add_run(sub) -> None:
     p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, SFT, rank, RM, PPO; one run report",
                 _run_pipeline,
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
-                "builtin:icl)\nor --data: train a tokenizer, pretrain a tiny GPT, measure its in-context learning "
-                "(accuracy vs K)\nand bits per byte, fine-tune it for chat (SFT), rank its replies with a simulated "
+                "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
+                "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
+                "fine-tune it for chat (SFT), rank its replies with a simulated "
                 "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
                 "CPU cores.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
-                "in eval, sft, rm, ppo (and pretrain). Example:\n"
+                "in scale (runs, lo, hi: the scaling sweep), eval, sft, rm, ppo (and pretrain). Example:\n"
                 "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
                 "ppo.beta=0.02")
     p.add_argument("--config", default="tiny", help="pretrain preset for the pretraining stage")
@@ -541,10 +542,11 @@ def _run_scale_sweep(args) -> int:
 
         cfg, base = apply_overrides(cfg, []), load_base(cfg)
         own = member(base, base.model.n_embd, tokens_per_param(base))
-        for m in plan(base, *cfg.compute, cfg.runs):
+        members = plan(base, *cfg.compute, cfg.runs)
+        for m in members:
             print(f"{m.name}: {m.params:,} params, {m.steps} steps, {m.tokens:,} tokens, C {m.compute:.3g} FLOPs")
         print(f"the recipe's own run: n_embd {own.n_embd}, {own.params:,} params, {own.steps} steps, "
-              f"C {own.compute:.3g} FLOPs ({own.compute / cfg.compute[1]:.1f}x the largest)")
+              f"C {own.compute:.3g} FLOPs ({own.compute / members[-1].compute:.1f}x the largest)")
         return 0
     rows = run_sweep(cfg)
     print(f"runs: {Path(args.out_dir) / args.name / 'runs.jsonl'} ({len(rows)} runs)")
