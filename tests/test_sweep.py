@@ -28,7 +28,9 @@ from gptrecipe.sweep import (
     heldout,
     member,
     plan,
+    predict,
     register_prediction,
+    run_sweep,
     solves,
     tokens_per_param,
 )
@@ -204,3 +206,23 @@ def test_kill_9_sweep_continues_the_run_it_was_in(tmp_path):
                                                     (" a b c", "a b c", True), (" a b", "a b c", False)])
 def test_a_completion_solves_when_its_first_words_are_the_target(completion, target, ok):
     assert solves(completion, target) is ok
+
+
+def test_predict_registers_first_then_trains_the_recipes_own_run_and_compares(tmp_path):
+    (tmp_path / "corpus.txt").write_text("Hello! How are you? I am fine, thank you. What is AI? " * 300)
+    recipe = tiny_recipe(**{"tokenizer.path": tmp_path / "tok.json", "data.cache_dir": tmp_path / "cache",
+                            "train.max_steps": 60, "train.warmup_steps": 6})
+    cfg = SweepConfig(name="sw", out_dir=str(tmp_path), overrides=recipe, data_paths=[str(tmp_path / "corpus.txt")],
+                      compute=[1.5e7, 1.6e8], runs=4, heldout_windows=8, capability=True, capability_samples=2)
+    rows = run_sweep(cfg, log=lambda *a: None)
+    assert len(rows) == 4 and all(len(r["solved"]) == 32 and r["samples"] == 2 for r in rows)
+    c = predict(tmp_path / "sw", log=lambda *a: None)
+    target = tmp_path / "sw" / "target"
+    pred = json.loads((target / "prediction.json").read_text())
+    assert pred["target"]["steps"] == 60 and pred["target"]["n_embd"] == 32  # the recipe's own run
+    assert (target / "prediction.json").stat().st_mtime <= (target / "metrics.jsonl").stat().st_mtime
+    assert c["extrapolation"] >= 10 and c["predicted_loss"] == pred["predicted_loss"]
+    assert c["relative_error"] == pytest.approx(c["predicted_loss"] / c["actual_loss"] - 1)
+    assert "capability" in c and (target / "scaling.png").stat().st_size > 0
+    saved = json.loads((target / "comparison.json").read_text())
+    assert saved["actual_loss"] == c["actual_loss"] and 0 < saved["actual_loss"] < math.log(300) + 1
