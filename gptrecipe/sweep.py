@@ -257,10 +257,6 @@ def load_base(cfg: SweepConfig) -> PretrainConfig:
     return load_pretrain_config(cfg.preset, cfg.overrides, data_paths=cfg.data_paths)
 
 
-def _fields(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "seconds"}
-
-
 def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
     """Train every planned run not yet in runs.jsonl (a killed run resumes from its checkpoint) and append its row.
     Returns the rows in plan order. Only rank 0 writes."""
