@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint
-from .config import REPO_ROOT, ConfigError, apply_overrides, to_dict
+from .config import REPO_ROOT, ConfigError, to_dict, validate_config
 from .data import BatchLoader, prepare_data
 from .evaluate.harness import normalize_answer
 from .evaluate.lm_metrics import token_byte_lengths
@@ -42,7 +42,7 @@ from .io import DataError, append_line, atomic_write_text, complete_lines, drop_
 from .model import GPT
 from .pretrain import PretrainConfig, get_tokenizer, load_pretrain_config, pretrain
 from .report import md_table, write_markdown
-from .runtime import init_distributed
+from .runtime import init_distributed, rank_zero_first
 from .sample import SamplingConfig, generate
 from .scaling import fit_capability, fit_runs, pass_at_k, plot_fit, read_runs
 from .stage import quiet
@@ -260,12 +260,13 @@ def load_base(cfg: SweepConfig) -> PretrainConfig:
 def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
     """Train every planned run not yet in runs.jsonl (a killed run resumes from its checkpoint) and append its row.
     Returns the rows in plan order. Only rank 0 writes."""
-    cfg = apply_overrides(cfg, [])  # validate
+    cfg = validate_config(cfg)
     base = load_base(cfg)
     info, _ = init_distributed(base.train.device)
     log = log if info.is_main else quiet
     root = Path(cfg.out_dir) / cfg.name
-    tok = get_tokenizer(base.tokenizer, base.data, log=log)
+    with rank_zero_first(info):  # rank 0 trains the tokenizer if it is missing; the others then read it
+        tok = get_tokenizer(base.tokenizer, base.data, log=log)
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=tok.vocab_size))
     members = plan(base, *cfg.compute, cfg.runs, info.world_size)
     spec = {"sweep": to_dict(cfg), "recipe": to_dict(base), "tokens_per_param": tokens_per_param(base, info.world_size),
