@@ -335,12 +335,13 @@ def _add_run(sub) -> None:
     p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, SFT, rank, RM, PPO; one run report",
                 _run_pipeline,
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
-                "builtin:icl)\nor --data: train a tokenizer, pretrain a tiny GPT, measure its in-context learning "
-                "(accuracy vs K)\nand bits per byte, fine-tune it for chat (SFT), rank its replies with a simulated "
+                "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
+                "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
+                "fine-tune it for chat (SFT), rank its replies with a simulated "
                 "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
                 "CPU cores.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
-                "in eval, sft, rm, ppo (and pretrain). Example:\n"
+                "in scale (runs, lo, hi: the scaling sweep), eval, sft, rm, ppo (and pretrain). Example:\n"
                 "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
                 "ppo.beta=0.02")
     p.add_argument("--config", default="tiny", help="pretrain preset for the pretraining stage")
@@ -460,7 +461,10 @@ def _add_scale(sub) -> None:
     p = sub.add_parser("scale", help="predictable scaling (GPT-4): fit small runs' losses, predict a bigger run's",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Predictable scaling, as GPT-4 predicted its final loss from runs with 1/10,000 of "
-                       "its compute.\n\nExamples:\n  gptrecipe scale fit runs.jsonl --predict 1e17\n"
+                       "its compute.\n\nExamples:\n"
+                       "  gptrecipe scale sweep --config tiny --compute 1.3e11 3.8e12 --runs 5   # -> runs/sweep\n"
+                       "  gptrecipe scale predict runs/sweep   # register, then train the recipe's own run, compare\n"
+                       "  gptrecipe scale fit runs.jsonl --predict 1e17\n"
                        "  gptrecipe scale fit runs.jsonl --predict 1e17 --json --plot fit.png")
     scale = p.add_subparsers(dest="scale_command", metavar="COMMAND", required=True)
     f = scale.add_parser("fit", help="fit L(C) = a C^b + c (and L(N, D)) to runs; predict the loss at COMPUTE",
@@ -476,6 +480,35 @@ def _add_scale(sub) -> None:
     f.add_argument("--level", type=float, default=0.9, help="bootstrap interval level (default %(default)s)")
     f.add_argument("--plot", metavar="PNG", help="also draw the runs, the fit and the interval (log-log)")
     f.set_defaults(func=_run_scale_fit)
+    w = scale.add_parser("sweep", help="train small runs of one recipe, log-spaced in compute (resumable)",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Train a family of small models under one recipe (a pretraining preset: its data "
+                         "mixture,\ntokenizer, optimizer, batch, context and warmup + cosine shape): the base model "
+                         "at other widths\n(depth and heads kept), each trained for the base run's tokens per "
+                         "parameter with its own full\nschedule. Each run's held-out loss and bits per byte go to "
+                         "OUT_DIR/NAME/runs.jsonl (for `scale fit`).\nRun it again to continue a killed sweep.")
+    w.add_argument("--config", default="tiny", help="pretrain preset of the recipe (default %(default)s)")
+    w.add_argument("--data", nargs="+", metavar="PATH", help="your own corpora instead of the preset's mixture")
+    w.add_argument("--compute", nargs=2, type=float, required=True, metavar=("LO", "HI"),
+                   help="training FLOPs of the smallest and largest run (--dry-run shows the family)")
+    w.add_argument("--runs", type=int, default=5, help="runs, log-spaced in compute (default %(default)s)")
+    w.add_argument("--name", default="sweep", help="output under OUT_DIR/NAME (default %(default)s)")
+    w.add_argument("--out-dir", default="runs")
+    w.add_argument("--capability", action="store_true",
+                   help="also sample generative problems at temperature 1 (GPT-4's capability prediction)")
+    w.add_argument("--dry-run", action="store_true", help="print the plan and the recipe's own run, train nothing")
+    w.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="pretraining overrides of the recipe")
+    w.set_defaults(func=_run_scale_sweep)
+    r = scale.add_parser("predict", help="register a prediction for a target run, train it, compare",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         description="Fit the sweep's runs and register the predicted held-out loss of the target "
+                         "(SWEEP/NAME/prediction.json:\nfit, interval, code version, time; a registered prediction "
+                         "is never replaced), then train the\ntarget with the same recipe and write the comparison "
+                         "(comparison.json, scaling.png, scaling.md).")
+    r.add_argument("sweep", help="the sweep's folder (OUT_DIR/NAME of `scale sweep`)")
+    r.add_argument("--compute", type=float, help="target compute in FLOPs (default: the recipe's own run)")
+    r.add_argument("--name", default="target", help="the target run's name under the sweep (default %(default)s)")
+    r.set_defaults(func=_run_scale_predict)
 
 
 def _run_scale_fit(args) -> int:
@@ -572,6 +605,43 @@ def _run_import(args) -> int:
     from .interop import import_hf
 
     print(f"imported {args.hf_dir} -> {import_hf(args.hf_dir, args.out, seed=args.seed)}")
+    return 0
+
+
+def _run_scale_sweep(args) -> int:
+    from .sweep import SweepConfig, load_base, plan, run_sweep
+
+    paths, overrides = _split_paths(args.data, args.overrides)
+    cfg = SweepConfig(name=args.name, out_dir=args.out_dir, preset=args.config, overrides=overrides, data_paths=paths,
+                      compute=list(args.compute), runs=args.runs, capability=args.capability)
+    if args.dry_run:
+        from .config import apply_overrides
+        from .sweep import member, tokens_per_param
+
+        cfg, base = apply_overrides(cfg, []), load_base(cfg)
+        own = member(base, base.model.n_embd, tokens_per_param(base))
+        members = plan(base, *cfg.compute, cfg.runs)
+        for m in members:
+            print(f"{m.name}: {m.params:,} params, {m.steps} steps, {m.tokens:,} tokens, C {m.compute:.3g} FLOPs")
+        print(f"the recipe's own run: n_embd {own.n_embd}, {own.params:,} params, {own.steps} steps, "
+              f"C {own.compute:.3g} FLOPs ({own.compute / members[-1].compute:.1f}x the largest)")
+        return 0
+    rows = run_sweep(cfg)
+    print(f"runs: {Path(args.out_dir) / args.name / 'runs.jsonl'} ({len(rows)} runs)")
+    return 0
+
+
+def _run_scale_predict(args) -> int:
+    from .sweep import predict
+
+    c = predict(args.sweep, compute=args.compute, name=args.name)
+    lo, hi = c["interval"]
+    print(f"{c['target']}: predicted {c['predicted_loss']:.4f} [{lo:.4f}, {hi:.4f}], actual {c['actual_loss']:.4f}: "
+          f"error {100 * c['relative_error']:+.2f}% at {c['extrapolation']:.1f}x the largest run; plot {c['plot']}")
+    cap = c.get("capability") or {}
+    if "actual_pass_rate" in cap:
+        print(f"pass rate ({cap['problems_kept']}/{cap['problems']} problems): predicted "
+              f"{cap['predicted_pass_rate']:.3f}, actual {cap['actual_pass_rate']:.3f}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The main job, on the embedded default corpus: every stage of the recipe, ending in one run report.
 
-    gptrecipe run   # tokenizer -> pretrain -> in-context eval -> SFT -> rank -> RM -> PPO -> runs/speedrun/report.md
+    gptrecipe run   # tokenizer -> scaling sweep + prediction -> pretrain -> in-context eval -> SFT -> rank -> RM -> PPO
     gptrecipe run train.max_steps=200 sft.train.max_steps=50 ppo.beta=0.02   # STAGE.KEY=VALUE: that stage's config
     run_pipeline(PipelineConfig(name="mini", overrides=["train.max_steps=200"], sft_overrides=[...]))
 """
@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ConfigError
+from .config import ConfigError, apply_overrides
 from .evaluate.run import icl_summary, icl_table, load_eval_config, load_tasks, run_eval
 from .evaluate.synthetic import label_set_baseline
 from .ppo import load_ppo_config
@@ -21,8 +22,36 @@ from .report import environment, md_table, write_markdown
 from .rlhf import RLHFConfig, run_rlhf
 from .rm import load_rm_config
 from .sft import load_sft_config, sft
+from .sweep import (
+    HELDOUT_WINDOWS,
+    SweepConfig,
+    compare,
+    comparison_md,
+    measure,
+    member,
+    register_prediction,
+    run_sweep,
+    tokens_per_param,
+)
 
-STAGE_PREFIXES = ("pretrain", "eval", "sft", "rm", "ppo")  # `STAGE.KEY=VALUE` goes to that stage's config
+STAGE_PREFIXES = ("pretrain", "scale", "eval", "sft", "rm", "ppo")  # `STAGE.KEY=VALUE` goes to that stage's config
+
+
+@dataclass
+class ScalingSettings:
+    """The main job's scaling stage (`scale.KEY=VALUE`): small runs of the pretraining recipe at [lo, hi] of the
+    pretraining run's compute, then the pretraining run's held-out loss predicted before it starts."""
+
+    runs: int = 4  # 0: no scaling stage
+    lo: float = 1 / 300
+    hi: float = 1 / 10  # the pretraining run is then >= 10x the largest small run
+    heldout_windows: int = HELDOUT_WINDOWS
+    capability: bool = False
+
+    def validate(self) -> None:
+        if not 0 < self.lo < self.hi <= 1:
+            raise ValueError(f"scale.lo, scale.hi: need 0 < lo < hi <= 1 (fractions of the pretraining compute), "
+                             f"got lo={self.lo:g} hi={self.hi:g}")
 
 
 @dataclass
@@ -40,6 +69,7 @@ class PipelineConfig:
     rm_overrides: list[str] = field(default_factory=list)
     ppo_overrides: list[str] = field(default_factory=list)
     eval_overrides: list[str] = field(default_factory=list)
+    scale_overrides: list[str] = field(default_factory=list)
     resume: bool = False
 
 
@@ -59,6 +89,10 @@ def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
 
 def check_overrides(job: PipelineConfig) -> None:
     """A ConfigError now, not after pretraining, for a bad override of a later stage."""
+    try:
+        apply_overrides(ScalingSettings(), job.scale_overrides)
+    except ConfigError as e:
+        raise ConfigError(f"scale: {e}") from None
     rlhf = RLHFConfig()
     for stage, load, preset, overrides in [("eval", load_eval_config, "tiny", job.eval_overrides),
                                            ("sft", load_sft_config, job.sft_preset, job.sft_overrides),
@@ -80,18 +114,34 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
-    log("== stage 1/5: tokenizer")
+    log("== stage 1/6: tokenizer")
     t = time.perf_counter()
     tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
     timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
     stats = corpus_compression(tok, cfg.data)
 
-    log("== stage 2/5: pretraining")
+    log("== stage 2/6: predictable scaling: small runs of the pretraining recipe, then the pretraining run's "
+        "held-out loss predicted before it starts")
+    t = time.perf_counter()
+    scaling = apply_overrides(ScalingSettings(), job.scale_overrides)
+    sweep = scaling_sweep(job, cfg, tok.vocab_size, scaling, log) if scaling.runs else None
+    timings.append({"stage": "scaling sweep + prediction", "seconds": round(time.perf_counter() - t, 1)})
+
+    log("== stage 3/6: pretraining")
     t = time.perf_counter()
     result = pretrain(cfg, resume=job.resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
+    if sweep is not None:
+        t = time.perf_counter()
+        actual = measure(result.checkpoint, cfg, scaling.heldout_windows,
+                         sweep["cfg"].capability_samples if scaling.capability else 0)
+        sweep["comparison"] = compare(sweep["prediction"], actual, sweep["dir"], sweep["dir"])
+        timings.append({"stage": "held-out loss of the pretraining run", "seconds": round(time.perf_counter() - t, 1)})
+        c = sweep["comparison"]
+        log(f"scaling: predicted {c['predicted_loss']:.4f}, actual {c['actual_loss']:.4f} "
+            f"({100 * c['relative_error']:+.2f}% at {c['extrapolation']:.1f}x)")
 
-    log("== stage 3/5: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
+    log("== stage 4/6: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
     t = time.perf_counter()
     evals = [f"model={cfg.run_dir}", f"out_dir={root}", f"progress={cfg.train.progress}"]
     icl = run_eval(load_eval_config("tiny", [*evals, "name=eval", *job.eval_overrides]), mixture=cfg.data, log=log)
@@ -103,14 +153,14 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     knows_labels = label_set_baseline(load_tasks("builtin:synthetic", synthetic=mapping_cfg.synthetic))
     timings.append({"stage": "in-context eval", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 4/5: supervised fine-tuning for chat")
+    log("== stage 5/6: supervised fine-tuning for chat")
     t = time.perf_counter()
     sft_cfg = load_sft_config(job.sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}",
                                                *job.sft_overrides])
     sft_result = sft(sft_cfg, resume=job.resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 5/5: RLHF: rank (simulated labeler) -> reward model -> PPO")
+    log("== stage 6/6: RLHF: rank (simulated labeler) -> reward model -> PPO")
     t = time.perf_counter()
     rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
                                  labeler="builtin:positivity", rank_prompts=job.rank_prompts,
@@ -132,6 +182,7 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
             {"stage": "pretrain", "result": f"{result.final_step} steps, val loss {first['val_loss']:.3f} "
              f"(step {first['step']}) -> {last['val_loss']:.3f} (step {last['step']}), "
              f"{result.tokens_per_s:,.0f} tokens/s, MFU {100 * result.mfu:.1f}%"},
+            *([{"stage": "scaling", "result": scaling_summary(sweep["comparison"])}] if sweep else []),
             {"stage": "in-context learning", "result": "held-out synthetic tasks, accuracy "
              + icl_summary(icl.curve) + f"; with the task's own labels as distractors K={mapping.curve[-1]['k']} "
              f"{mapping.curve[-1]['score']:.3f} (knowing the labels only: {knows_labels:.3f})"},
@@ -145,6 +196,7 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
             {"stage": "gold check", "result": f"held-out gold (positivity) score: SFT {rl['gold_before']:.3f} -> "
              f"PPO {rl['gold_after']:.3f} ({rl['gold_after'] / max(rl['gold_before'], 1e-9):.2f}x)"},
         ])),
+        *([("Predictable scaling", scaling_md(sweep, root))] if sweep else []),
         ("Loss curve", f"![loss]({(pre / 'loss.png').relative_to(root)})\n\nDetails: "
                        f"[{(pre / 'report.md').relative_to(root)}]({(pre / 'report.md').relative_to(root)})\n"),
         ("In-context learning", "Accuracy of the pretrained model on held-out synthetic tasks against the number "
@@ -174,3 +226,47 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
         ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),
     ]
     return write_markdown(root / "report.md", f"gptrecipe run `{job.name}`", sections)
+
+
+def scaling_sweep(job: PipelineConfig, cfg, vocab_size: int, s: ScalingSettings, log) -> dict:
+    """The sweep under root/scaling at [s.lo, s.hi] of the pretraining run's compute, and the prediction of the
+    pretraining run (a member of the sweep's family: the recipe's own width and tokens per parameter)."""
+    base = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    target = dataclasses.replace(member(base, base.model.n_embd, tokens_per_param(base)), name=cfg.name)
+    if (target.steps, target.warmup_steps) != (cfg.train.max_steps, cfg.train.warmup_steps):
+        raise ConfigError(f"scale: the pretraining run ({cfg.train.max_steps} steps, warmup {cfg.train.warmup_steps})"
+                          f" is not a member of its family ({target.steps}, {target.warmup_steps})")
+    root = Path(job.out_dir) / job.name
+    sweep_dir = root / "scaling"
+    if not job.resume and sweep_dir.exists():
+        log(f"a new job: removing the previous {sweep_dir} (its prediction belonged to that job)")
+        shutil.rmtree(sweep_dir)
+    sweep_cfg = SweepConfig(name="scaling", out_dir=str(root), preset=job.preset, data_paths=job.data_paths,
+                            overrides=[*job.overrides, f"tokenizer.path={cfg.tokenizer.path}"],
+                            compute=[target.compute * s.lo, target.compute * s.hi], runs=s.runs,
+                            heldout_windows=s.heldout_windows, capability=s.capability)
+    rows = run_sweep(sweep_cfg, log=log)
+    pred = register_prediction(sweep_dir, target, sweep_dir / "prediction.json", log=log)
+    return {"cfg": sweep_cfg, "dir": sweep_dir, "rows": rows, "prediction": pred}
+
+
+def scaling_summary(c: dict) -> str:
+    lo, hi = c["interval"]
+    return (f"pretraining held-out loss predicted {c['predicted_loss']:.4f} [{lo:.4f}, {hi:.4f}] from small runs, "
+            f"actual {c['actual_loss']:.4f}: error {100 * c['relative_error']:+.2f}% at {c['extrapolation']:.1f}x the "
+            "largest small run's compute")
+
+
+def scaling_md(sweep: dict, root: Path) -> str:
+    rel = sweep["dir"].relative_to(root)
+    runs = md_table([{"run": r["name"], "params": r["params"], "steps": r["steps"], "tokens": r["tokens"],
+                      "compute (FLOPs)": f"{r['compute']:.3g}", "6ND": f"{r['compute_6nd']:.3g}",
+                      "held-out loss": round(r["loss"], 4), "bits/byte": round(r["bits_per_byte"], 4),
+                      "seconds": r.get("seconds", "")} for r in sweep["rows"]])
+    return ("GPT-4's predictable scaling: before the pretraining run started, small runs of its recipe (same data, "
+            "tokenizer, optimizer, batch, context, warmup + cosine shape; the same model at other widths, each "
+            "trained for the pretraining run's tokens per parameter) were fitted with L(C) = a C^b + c and the "
+            "prediction registered "
+            f"([{rel}/prediction.json]({rel}/prediction.json)). Held-out loss: the same fixed windows of every "
+            "corpus' validation split for every run.\n\n"
+            + comparison_md(sweep["comparison"], f"{rel}/scaling.png") + "\nThe small runs:\n\n" + runs)

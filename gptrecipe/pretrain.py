@@ -41,6 +41,7 @@ class PretrainConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=80, seed=0, num_samples=2))
     sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
+    report: bool = True  # report.md and loss.png at the end (the scaling sweep's small runs skip them)
 
 
 PRESET_DIRS = {"model": "models", "data": "data"}
@@ -146,7 +147,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, log=print) -> TrainRe
             f"T={cfg.model.block_size}; run dir {cfg.run_dir}")
     task = NextTokenTask(loader, data, tokenizer, cfg)
     result = run.train(model, task, (tokenizer, Path(cfg.tokenizer.path)), resume)
-    if result.checkpoint is not None:
+    if result.checkpoint is not None and cfg.report:
         run.report(write_pretrain_report, cfg, result, data, tokenizer)
     return result
 

@@ -98,18 +98,26 @@ def bootstrap_interval(compute: Sequence[float], loss: Sequence[float], at: floa
                        level: float = 0.9, seed: int = 0) -> tuple[float, float]:
     """A percentile interval of the prediction at `at`: refit on runs drawn with replacement (resamples with
     fewer than 3 distinct runs are redrawn); each refit starts from the full fit and two grid points."""
+    lo, hi = bootstrap_band(compute, loss, [at], samples=samples, level=level, seed=seed)
+    return lo[0], hi[0]
+
+
+def bootstrap_band(compute: Sequence[float], loss: Sequence[float], at: Sequence[float], *, samples: int = 200,
+                   level: float = 0.9, seed: int = 0) -> tuple[list[float], list[float]]:
+    """`bootstrap_interval` at every compute in `at` from the same refits (the band of a plot)."""
     C, L = _check_points(compute, loss, 3)
     full = fit_power_law(C, L)
     starts = [(-full.b, full.c / L.min()), (0.1, 0.3), (0.4, 0.9)]
     rng = np.random.default_rng(seed)
-    preds: list[float] = []
+    at = np.asarray(at, dtype=float)
+    preds: list[np.ndarray] = []
     while len(preds) < samples:
         idx = rng.integers(0, len(C), len(C))
         if len(set(C[idx].tolist())) < 3:
             continue
-        preds.append(float(fit_power_law(C[idx], L[idx], starts=starts, options={"maxiter": 500})(at)))
-    lo, hi = np.quantile(preds, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+        preds.append(np.asarray(fit_power_law(C[idx], L[idx], starts=starts, options={"maxiter": 500})(at)))
+    lo, hi = np.quantile(np.stack(preds), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return [float(x) for x in lo], [float(x) for x in hi]
 
 
 # ---- L(N, D) = E + A / N^alpha + B / D^beta ----------------------------------------------------------------------
@@ -236,9 +244,12 @@ def fit_runs(runs: list[dict], predict: float, *, level: float = 0.9, samples: i
     C = [float(r["compute"]) for r in runs]
     L = [float(r["loss"]) for r in runs]
     law = fit_power_law(C, L)
-    lo, hi = bootstrap_interval(C, L, predict, samples=samples, level=level)
+    grid = [*np.geomspace(min(C), max(max(C), predict), 24).tolist(), predict]  # the band, then the prediction
+    band_lo, band_hi = bootstrap_band(C, L, grid, samples=samples, level=level)
+    lo, hi = band_lo.pop(), band_hi.pop()
     out = {**asdict(law), "law": "L(C) = a * C^b + c", "predict_at": predict, "prediction": float(law(predict)),
            "interval": [lo, hi], "interval_level": level, "runs": len(runs),
+           "band": {"compute": grid[:-1], "lo": band_lo, "hi": band_hi},
            "extrapolation": predict / max(C), "residuals": [float(law(c) / l - 1) for c, l in zip(C, L, strict=True)]}
     if len(runs) >= 5 and all("params" in r and "tokens" in r for r in runs):
         out["chinchilla"] = asdict(fit_chinchilla([r["params"] for r in runs], [r["tokens"] for r in runs], L))
@@ -259,6 +270,10 @@ def plot_fit(runs: list[dict], fit: dict, path: str | Path, actual: float | None
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, law(xs), "-", color="C0", label=f"fit: {fit['a']:.3g} C^{fit['b']:.3f} + {fit['c']:.3f}")
     ax.scatter(C, [r["loss"] for r in runs], color="C0", zorder=3, label=f"{len(runs)} small runs")
+    if "band" in fit:
+        band = fit["band"]
+        ax.fill_between(band["compute"], band["lo"], band["hi"], color="C0", alpha=0.15, lw=0,
+                        label=f"{100 * fit['interval_level']:.0f}% bootstrap band")
     lo, hi = fit["interval"]
     ax.errorbar([fit["predict_at"]], [fit["prediction"]], yerr=[[fit["prediction"] - lo], [hi - fit["prediction"]]],
                 fmt="s", color="C1", capsize=4, label=f"prediction ({100 * fit['interval_level']:.0f}% interval)")

@@ -25,14 +25,17 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
         ppo_overrides=["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.sample_every=4",
                        "rollout_batch=8", "minibatches=2", "ppo_epochs=1", "val_prompts=4", "max_new_tokens=6",
                        *QUIET],
-        eval_overrides=["synthetic.tasks_per_family=8", "corpus_max_tokens=2048", "progress=false"]),
+        eval_overrides=["synthetic.tasks_per_family=8", "corpus_max_tokens=2048", "progress=false"],
+        scale_overrides=["lo=0.01", "hi=0.25", "heldout_windows=4"]),
         log=lambda *a: None)
     text = report.read_text()
     for needle in ("| tokenizer |", "| pretrain |", "| in-context learning |", "| sft |", "| reward model |", "| ppo |",
-                   "| gold check |", "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
+                   "| gold check |", "| scaling |", "Predictable scaling",
+                   "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
         assert needle in text, needle
     root = tmp_path / "mini"
-    for f in ("pretrain/loss.png", "eval/icl.png", "eval/report.md", "eval-mapping/report.md", "sft/loss.png",
+    for f in ("scaling/prediction.json", "scaling/comparison.json", "scaling/scaling.png", "scaling/runs.jsonl",
+              "pretrain/loss.png", "eval/icl.png", "eval/report.md", "eval-mapping/report.md", "sft/loss.png",
               "rlhf/round1/ppo/ppo.png",
               "rlhf/round1/rm/report.md", "rlhf/rankings.jsonl", "rlhf/round1/ppo/checkpoints/latest"):
         assert (root / f).exists(), f
@@ -59,10 +62,11 @@ def test_stage_prefixed_overrides_reach_each_stage(monkeypatch, tmp_path):
         monkeypatch.setattr(pipeline, name, record(name))
     monkeypatch.setattr(pipeline, "run_rlhf", record("rlhf", stop=True))
     routed = split_overrides(["train.max_steps=5", "pretrain.model.n_layer=1", "eval.max_items=4",
-                              "sft.train.max_steps=3", "rm.loss=listwise", "--ppo.beta=0.1", "name=a.b"])
+                              "sft.train.max_steps=3", "rm.loss=listwise", "--ppo.beta=0.1", "name=a.b",
+                              "scale.runs=0"])
     assert routed == {"overrides": ["train.max_steps=5", "model.n_layer=1", "name=a.b"], "eval_overrides":
                       ["max_items=4"], "sft_overrides": ["train.max_steps=3"], "rm_overrides": ["loss=listwise"],
-                      "ppo_overrides": ["beta=0.1"]}
+                      "ppo_overrides": ["beta=0.1"], "scale_overrides": ["runs=0"]}
     with pytest.raises(Stop):
         run_pipeline(PipelineConfig(out_dir=str(tmp_path), **routed), log=lambda *a: None)
     (pre,), (sft,), (rlhf,) = seen["pretrain"], seen["sft"], seen["rlhf"]
@@ -75,3 +79,9 @@ def test_a_bad_later_stage_override_fails_before_pretraining(monkeypatch):
     monkeypatch.setattr(pipeline, "get_tokenizer", lambda *a, **kw: pytest.fail("the job started"))
     with pytest.raises(ConfigError, match="ppo: unknown config key 'bogus'"):
         run_pipeline(PipelineConfig(ppo_overrides=["bogus=1"]))
+
+
+def test_a_bad_scaling_range_fails_before_anything_runs(monkeypatch):
+    monkeypatch.setattr(pipeline, "get_tokenizer", lambda *a, **kw: pytest.fail("the job started"))
+    with pytest.raises(ConfigError, match="^scale: scale.lo, scale.hi: need 0 < lo < hi"):
+        run_pipeline(PipelineConfig(scale_overrides=["lo=0.5", "hi=0.1"]))

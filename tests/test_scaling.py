@@ -104,6 +104,12 @@ def test_fit_runs_and_the_command_line(tmp_path):
     out = fit_runs(read_runs(path), 1e18, samples=50)
     assert out["prediction"] == pytest.approx(a * 1e18**b + c, rel=1e-3)
     assert out["interval"][0] <= out["prediction"] <= out["interval"][1]
+    assert out["interval"] == list(bootstrap_interval([r["compute"] for r in runs], [r["loss"] for r in runs], 1e18,
+                                                      samples=50))
+    band = out["band"]
+    assert band["compute"][0] == min(COMPUTE) and band["compute"][-1] == pytest.approx(1e18)
+    for x, lo, hi in zip(band["compute"], band["lo"], band["hi"], strict=True):  # no noise: a narrow band on the law
+        assert lo <= hi and a * x**b + c == pytest.approx(lo, rel=1e-2) and a * x**b + c == pytest.approx(hi, rel=1e-2)
     proc = subprocess.run([sys.executable, "-m", "gptrecipe", "scale", "fit", str(path), "--predict", "1e18",
                            "--json"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
