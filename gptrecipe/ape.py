@@ -508,6 +508,10 @@ def plot_ape(runs: list[dict[str, Any]], png: Path, metric: str) -> Path:
     return save_figure(fig, png)
 
 
+def ape_table(summary: list[dict]) -> str:
+    return md_table(summary)
+
+
 def write_ape_report(cfg: ApeConfig, proposer: str, scorer: str, runs: list[dict], summary: list[dict], png: Path,
                      seconds: float) -> Path:
     per = [{"task": r["task"], "seed": r["seed"], **{k: v["accuracy"] for k, v in r["test"].items()},
@@ -520,7 +524,7 @@ def write_ape_report(cfg: ApeConfig, proposer: str, scorer: str, runs: list[dict
                   f"{cfg.temperature}, top-p {cfg.top_p}); {seconds:.1f} s. Selection uses the train split only "
                   "(demonstrations and scoring items disjoint); test accuracy is zero-shot: the instruction, then "
                   "the query.\n"),
-        ("Test accuracy (mean over tasks x seeds)", md_table(summary)),
+        ("Test accuracy (mean over tasks x seeds)", ape_table(summary)),
         ("Per task and seed", md_table(per)),
         ("Score against evaluations spent", f"![score vs evaluations]({png.name})\n"),
     ]
