@@ -516,6 +516,7 @@ def write_ape_report(cfg: ApeConfig, proposer: str, scorer: str, runs: list[dict
                      seconds: float) -> Path:
     per = [{"task": r["task"], "seed": r["seed"], **{k: v["accuracy"] for k, v in r["test"].items()},
             **{f"{k} evaluations": s["evaluations"] for k, s in r["strategies"].items()},
+            "proposer requests": r["proposer_requests"], "scorer requests": r["scorer_requests"],
             **{f"{k} instruction": s["best"] for k, s in r["strategies"].items()}} for r in runs]
     sections = [
         ("Setup", f"Proposer `{proposer}`, scorer `{scorer}`; tasks {', '.join(f'`{t}`' for t in cfg.tasks)}, seeds "
@@ -523,7 +524,8 @@ def write_ape_report(cfg: ApeConfig, proposer: str, scorer: str, runs: list[dict
                   f"{cfg.subsets} x {cfg.per_subset} proposals of {cfg.demos} demonstrations (temperature "
                   f"{cfg.temperature}, top-p {cfg.top_p}); {seconds:.1f} s. Selection uses the train split only "
                   "(demonstrations and scoring items disjoint); test accuracy is zero-shot: the instruction, then "
-                  "the query.\n"),
+                  "the query. Evaluations: (instruction, item) pairs scored during selection; requests: sequences "
+                  "sent to each model (proposals; scoring, the test split included).\n"),
         ("Test accuracy (mean over tasks x seeds)", ape_table(summary)),
         ("Per task and seed", md_table(per)),
         ("Score against evaluations spent", f"![score vs evaluations]({png.name})\n"),

@@ -395,16 +395,19 @@ def _run_rlhf(args) -> int:
 
 
 def _add_run(sub) -> None:
-    p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, SFT, rank, RM, PPO; one run report",
+    p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, APE, SFT, rank, RM, PPO; one "
+                "run report",
                 _run_pipeline,
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
                 "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
                 "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
-                "fine-tune it for chat (SFT), rank its replies with a simulated "
-                "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
+                "let it write and pick instructions for held-out tasks (APE), fine-tune it for chat (SFT),\n"
+                "rank its replies with a simulated labeler, train a reward model, run PPO, and write\n"
+                "OUT_DIR/NAME/report.md. About 10 minutes on 2 "
                 "CPU cores.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
-                "in scale (runs, lo, hi: the scaling sweep), eval, sft, rm, ppo (and pretrain). Example:\n"
+                "in scale (runs, lo, hi: the scaling sweep), eval, ape (ape.seeds=[] skips it), sft, rm, ppo\n"
+                "(and pretrain). Example:\n"
                 "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
                 "ppo.beta=0.02")
     p.add_argument("--config", default="tiny", help="pretrain preset for the pretraining stage")

@@ -238,7 +238,8 @@ def test_cli_ape_is_reproducible(tmp_path, small_tok, capsys):
     assert "--proposer-base-url" in capsys.readouterr().out
     ckpt, _ = tiny_checkpoint(tmp_path / "m", small_tok, stage="pretrain", block_size=128)
     args = ["ape", "--task", "builtin:synthetic/classify", "--proposer", str(ckpt),
-            "synthetic.tasks_per_family=1", "subsets=3", "per_subset=3", "max_new_tokens=8", "max_answer_tokens=3",
+            "synthetic.tasks_per_family=1", "synthetic.test_items=4", "synthetic.choices=4", "subsets=3",
+            "per_subset=3", "max_new_tokens=8", "max_answer_tokens=3",
             "template=[DEMOS]. The instruction was to", "stop=[\".\", \"\\n\"]", "mc_rounds=1", "mc_top=2",
             "mc_variants=2",
             f"out_dir={tmp_path}", "progress=false", "--seeds", "0", "1"]
