@@ -214,6 +214,9 @@ class ApeConfig(RunConfig):
     ucb_samples: int = 5
     ucb_c: float = 1.0
     max_answer_tokens: int = 16  # greedy answer budget (execution accuracy of free-form targets)
+    # solved examples after the instruction, when scoring (from the demonstrations' pool) and testing (from the
+    # train split): 0 = zero-shot (the paper's main setting); K > 0 = its instruction + few-shot setting
+    shots: int = 0
     # iterative Monte Carlo search: variants of the best, rescored with them on every scoring item
     mc_rounds: int = 0
     mc_top: int = 3
@@ -282,8 +285,9 @@ def make_model(spec: ModelSpec, cfg: ApeConfig, role: str):
 class Scorer:
     """Scores (instruction, scoring item) pairs through the harness, each pair once (cached), counting them."""
 
-    def __init__(self, backend: Counted, task: Task, items: list[int], cfg: ApeConfig):
-        self.backend, self.task, self.items, self.cfg = backend, task, items, cfg
+    def __init__(self, backend: Counted, task: Task, items: list[int], cfg: ApeConfig, pool: list[int], seed: int):
+        self.backend, self.task, self.items, self.cfg, self.seed = backend, task, items, cfg, seed
+        self.pool = [task.train[i] for i in pool]  # the demonstrations' pool: solved examples when shots > 0
         self.cache: dict[tuple[str, int], float] = {}
         self.evaluations = 0
 
@@ -292,7 +296,8 @@ class Scorer:
                                   not in self.cache))
         if todo:
             got = item_scores(self.backend, self.task, todo, metric=self.cfg.metric,
-                              max_new_tokens=self.cfg.max_answer_tokens)
+                              max_new_tokens=self.cfg.max_answer_tokens, shots=self.cfg.shots, pool=self.pool,
+                              seed=self.seed)
             self.cache.update(zip(todo, got, strict=True))
             self.evaluations += len(todo)
         return [self.cache[texts[c], self.items[i]] for c, i in pairs]
@@ -328,24 +333,24 @@ def run_ape(task: Task, proposer: Counted, scorer_backend: Counted, cfg: ApeConf
     """APE (and/or OPRO) on one task with one seed: the ranked candidates, the evaluations spent, test accuracy."""
     rng = np.random.default_rng([seed, 0xA9E])
     demo_pool, score_items = split_train(task, cfg, rng)
-    scorer = Scorer(scorer_backend, task, score_items, cfg)
+    scorer = Scorer(scorer_backend, task, score_items, cfg, demo_pool, seed)
     g0, s0 = proposer.generated, scorer_backend.scored + scorer_backend.generated
-    out: dict[str, Any] = {"task": task.name, "seed": seed, "scoring_items": len(score_items),
+    out: dict[str, Any] = {"task": task.name, "seed": seed, "shots": cfg.shots, "scoring_items": len(score_items),
                            "demo_pool": len(demo_pool)}
     strategies: dict[str, dict[str, Any]] = {}
     if cfg.strategy in ("ape", "both"):
         strategies["ape"] = _ape(task, proposer, scorer, demo_pool, cfg, seed, rng)
     if cfg.strategy in ("opro", "both"):
         budget = strategies["ape"]["evaluations"] if "ape" in strategies else 0
-        strategies["opro"] = _opro(task, proposer, Scorer(scorer_backend, task, score_items, cfg), demo_pool, cfg,
-                                   seed, rng, budget)
+        fresh = Scorer(scorer_backend, task, score_items, cfg, demo_pool, seed)  # its own count
+        strategies["opro"] = _opro(task, proposer, fresh, demo_pool, cfg, seed, rng, budget)
     # the test split, never used for selection: the winners against no instruction and the task's description
     conditions = {"no instruction": "", "task description": task.description,
                   **{f"{k} best": s["best"] for k, s in strategies.items()}}
     texts = list(dict.fromkeys(conditions.values()))
     pairs = [(t, i) for t in texts for i in range(len(task.test))]
     scores = item_scores(scorer_backend, task, pairs, split="test", metric="accuracy",
-                         max_new_tokens=cfg.max_answer_tokens)
+                         max_new_tokens=cfg.max_answer_tokens, shots=cfg.shots, pool=task.train, seed=seed)
     acc = {t: float(np.mean(scores[k * len(task.test): (k + 1) * len(task.test)])) for k, t in enumerate(texts)}
     out["test"] = {name: {"instruction": t, "accuracy": acc[t]} for name, t in conditions.items()}
     out["strategies"] = strategies
@@ -523,9 +528,9 @@ def write_ape_report(cfg: ApeConfig, proposer: str, scorer: str, runs: list[dict
                   f"{cfg.seeds}; strategy `{cfg.strategy}`, search `{cfg.search}`, metric `{cfg.metric}`; "
                   f"{cfg.subsets} x {cfg.per_subset} proposals of {cfg.demos} demonstrations (temperature "
                   f"{cfg.temperature}, top-p {cfg.top_p}); {seconds:.1f} s. Selection uses the train split only "
-                  "(demonstrations and scoring items disjoint); test accuracy is zero-shot: the instruction, then "
-                  "the query. Evaluations: (instruction, item) pairs scored during selection; requests: sequences "
-                  "sent to each model (proposals; scoring, the test split included).\n"),
+                  "(demonstrations and scoring items disjoint); test prompts: the instruction, "
+                  f"{cfg.shots} solved examples, the query. Evaluations: (instruction, item) pairs scored during "
+                  "selection; requests: sequences sent to each model (proposals; scoring, the test split included).\n"),
         ("Test accuracy (mean over tasks x seeds)", ape_table(summary)),
         ("Per task and seed", md_table(per)),
         ("Score against evaluations spent", f"![score vs evaluations]({png.name})\n"),

@@ -115,6 +115,12 @@ def test_logprob_score_equals_a_hand_computation(small_tok):
         cont = small_tok.encode(" fine thank you")
         lps = local_logprobs(model, ctx + cont)[len(ctx) - 1:]
         assert score == pytest.approx(sum(lps) / len(lps), abs=1e-5)
+    # with a solved example (shots=1) between the instruction and the item: never the item itself
+    pool = [Item("How are you", target="fine thank you"), Item("Hi", target="hello")]
+    (got,) = item_scores(LocalBackend(model, small_tok), task, [("Answer.", 0)], metric="logprob", shots=1, pool=pool)
+    ctx = [small_tok.eot_id, *small_tok.encode("Answer. Q: Hi A: hello\nQ: How are you A:")]
+    lps = local_logprobs(model, ctx + small_tok.encode(" fine thank you"))[len(ctx) - 1:]
+    assert got == pytest.approx(sum(lps) / len(lps), abs=1e-5)
 
 
 # ---- endpoints ------------------------------------------------------------------------------------------------

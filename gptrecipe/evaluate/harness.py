@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..sample import SamplingConfig, generate
 from .prompts import Prompt, build_prompt, continuations, fit_prompt, render_query
-from .tasks import Task
+from .tasks import Item, Task
 
 
 class Backend(Protocol):
@@ -149,14 +150,24 @@ def pick_choice(scores: Sequence[tuple[float, int]], choices: Sequence[str], nor
 
 
 def item_scores(backend: Backend, task: Task, queries: Sequence[tuple[str, int]], *, metric: str = "accuracy",
-                split: str = "train", max_new_tokens: int = 16, bar=None) -> list[float]:
-    """Zero-shot scores of (description, item index) pairs: the task's prompt with that description and no
-    examples. `accuracy`: the right choice by log-likelihood, or a greedy answer equal to the target after
+                split: str = "train", max_new_tokens: int = 16, shots: int = 0, pool: Sequence[Item] = (),
+                seed: int = 0, bar=None) -> list[float]:
+    """Scores of (description, item index) pairs: the task's prompt with that description, then `shots` solved
+    examples of `pool` (never the item itself; the same ones for every description of an item, seeded), then the
+    item. `accuracy`: the right choice by log-likelihood, or a greedy answer equal to the target after
     normalisation (normalize_answer); `logprob`: the mean log-probability per token of the right output."""
     if metric not in ("accuracy", "logprob"):
         raise ValueError(f"metric must be 'accuracy' or 'logprob', got {metric!r}")
     items = task.train if split == "train" else task.test
-    prompts = [(build_prompt(replace(task, description=d), [], items[i]), items[i]) for d, i in queries]
+
+    def examples(i: int) -> list[Item]:
+        if not shots:
+            return []
+        own = [it for it in pool if it.key != items[i].key]
+        rng = np.random.default_rng([seed, split == "test", i])
+        return [own[k] for k in rng.permutation(len(own))[:shots]]
+    shown = {i: examples(i) for i in dict.fromkeys(i for _, i in queries)}
+    prompts = [(build_prompt(replace(task, description=d), shown[i], items[i]), items[i]) for d, i in queries]
     out: list[float] = [0.0] * len(queries)
     ll = [(j, p, c) for j, (p, it) in enumerate(prompts) if metric == "logprob" or it.choices is not None
           for c in (continuations(task, it) if metric == "accuracy" else [render_query(task, it)[1] + it.output])]
