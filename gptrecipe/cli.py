@@ -108,6 +108,25 @@ def _add_sample(sub) -> None:
     p.add_argument("--assistant", action="store_true",
                    help="frame the prompt as the next turn of a transcript between a human and a helpful AI "
                    "assistant (a base model prompted to act as an assistant); stops before the next 'Human:'")
+    _add_tool_flags(p, "answer the prompt as a user turn of the chat format with LaMDA's toolset loop (an SFT "
+                    "model trained with tool conversations): each call and its result is shown, then the answer")
+
+
+def _add_tool_flags(p, help: str) -> None:
+    p.add_argument("--tools", action="store_true", help=help)
+    p.add_argument("--tool-docs", nargs="+", metavar="PATH", default=[],
+                   help="with --tools: retrieval over these text files / folders instead of the embedded corpora")
+    p.add_argument("--tool-dictionary", metavar="TSV", help="with --tools: the translator's 'chinese<TAB>english' file")
+    p.add_argument("--max-calls", type=int, default=3, help="with --tools: calls per turn before the model must "
+                   "answer (default %(default)s)")
+
+
+def _show_call(file):
+    def show(row: int, query: str, result: str) -> None:
+        if row == 0:
+            file.write(f"[TS, {query}]\n[toolset: {result}]\n")
+            file.flush()
+    return show
 
 
 def _run_sample(args) -> int:
@@ -131,6 +150,25 @@ def _run_sample(args) -> int:
                          top_p=args.top_p, seed=args.seed, stop=stop, num_samples=args.num_samples)
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    if args.tools:
+        from .chat import Message
+        from .tool_use import answer_with_tools, chat_toolset
+
+        toolset = chat_toolset(args.tool_docs, args.tool_dictionary)
+        sys.stdout.write(f"User: {prompt}\n")
+
+        def show(row: int, piece: str) -> None:
+            if row == 0:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+        turns = answer_with_tools(model, tok, [[Message("user", prompt)]] * args.num_samples, cfg, toolset,
+                                  max_calls=args.max_calls, on_text=show, on_call=_show_call(sys.stdout))
+        sys.stdout.write("\n" + ("(call cap reached)\n" if turns[0].capped else ""))
+        for i, t in enumerate(turns[1:], start=2):
+            calls = "".join(f"[TS, {q}]\n[toolset: {r}]\n" for q, r in t.calls)
+            sys.stdout.write(f"\n--- sample {i} ---\n{calls}{t.text}\n")
+        return 0
     sys.stdout.write(prompt)
     stream_to_terminal(model, tok, prompt, cfg, compile=args.compile)
     return 0
@@ -381,6 +419,8 @@ def _add_chat(sub) -> None:
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--chat-template", action="store_true",
                    help="use the chat template even if the checkpoint is not an SFT/PPO model")
+    _add_tool_flags(p, "LaMDA's toolset loop: the model may query the toolset (calculator, translator, retrieval) "
+                    "before it answers; each call and its result is shown")
 
 
 def _run_chat(args) -> int:
@@ -395,7 +435,12 @@ def _run_chat(args) -> int:
                           "checkpoint (or --chat-template to force it); for text continuation use `gptrecipe sample`")
     params = GenParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed)
-    return chat(served, params, system=args.system)
+    toolset = None
+    if args.tools:
+        from .tool_use import chat_toolset
+
+        toolset = chat_toolset(args.tool_docs, args.tool_dictionary)
+    return chat(served, params, system=args.system, toolset=toolset, max_calls=args.max_calls)
 
 
 def _add_serve(sub) -> None:
