@@ -34,6 +34,12 @@ ROLES = ("system", "user", "assistant")
 TOOLSET_TOKEN = "<|reserved_0|>"  # an assistant turn addressed to the toolset (LaMDA's "TS, <query>")
 TOOL_TOKEN = "<|reserved_1|>"  # the toolset's reply: a tool segment in the context, never trained on
 BUILTIN_FUNCTION = "toolset"  # the builtin toolset as one OpenAI function: {"query": string}
+TOOLSET_FUNCTION = {"type": "function", "function": {
+    "name": BUILTIN_FUNCTION,
+    "description": "LaMDA's toolset: a calculator (arithmetic such as 37*12), a Chinese-English translator (a "
+                   "Chinese word) and retrieval over the embedded corpora (a quote); the results of every tool "
+                   "that answers the query",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}
 
 
 @dataclass

@@ -375,9 +375,10 @@ def _add_run(sub) -> None:
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
                 "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
                 "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
-                "fine-tune it for chat (SFT), rank its replies with a simulated "
+                "fine-tune it for chat and tool use (SFT), rank its replies with a simulated "
                 "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
-                "CPU cores.\n\n"
+                "CPU cores.\nLast, the SFT model answers held-out tool-use questions with LaMDA's toolset and "
+                "without it.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
                 "in scale (runs, lo, hi: the scaling sweep), eval, sft, rm, ppo (and pretrain). Example:\n"
                 "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
@@ -388,6 +389,9 @@ def _add_run(sub) -> None:
     p.add_argument("--name", default="speedrun", help="run name (output under OUT_DIR/NAME)")
     p.add_argument("--out-dir", default="runs", help="where runs go (default %(default)s)")
     p.add_argument("--rank-prompts", type=int, default=300, help="prompts ranked by the simulated labeler")
+    p.add_argument("--tool-questions", type=int, default=150,
+                   help="held-out tool-use questions the SFT model answers with and without the toolset (default "
+                   "%(default)s; the SFT preset's tool_conversations trains tool use; 0 = no tool-use stage)")
     p.add_argument("--resume", action="store_true", help="resume an interrupted run")
     p.add_argument("overrides", nargs="*", metavar="[STAGE.]KEY=VALUE",
                    help="config overrides, e.g. train.lr=1e-3 (pretraining) sft.train.max_steps=50 ppo.beta=0.02")
@@ -399,7 +403,8 @@ def _run_pipeline(args) -> int:
     paths, overrides = _split_paths(args.data, args.overrides)
     report = run_pipeline(PipelineConfig(preset=args.config, sft_preset=args.sft_config, data_paths=paths,
                                          name=args.name, out_dir=args.out_dir, rank_prompts=args.rank_prompts,
-                                         resume=args.resume, **split_overrides(overrides)))
+                                         tool_questions=args.tool_questions, resume=args.resume,
+                                         **split_overrides(overrides)))
     print(Path(report).read_text())
     print(f"report: {report}")
     return 0
@@ -453,6 +458,7 @@ def _add_serve(sub) -> None:
                 "appended to --feedback as reward-model comparisons ({\"prompt\", \"chosen\", \"rejected\"}).\n\n"
                 "Examples:\n"
                 "  gptrecipe serve runs/speedrun/sft                      # http://127.0.0.1:8000/\n"
+                "  gptrecipe serve runs/speedrun/sft --tools builtin      # answers through LaMDA's toolset\n"
                 "  gptrecipe serve runs/speedrun/pretrain --port 8001 --api-key secret\n"
                 "  gptrecipe serve runs/speedrun/sft --export-tokenizer runs/hf_tokenizer   # and exit\n"
                 "  lm_eval --model local-completions --model_args "
@@ -472,6 +478,10 @@ def _add_serve(sub) -> None:
                    "continuous batching keeps working; each bucket compiles the first time it is needed (seconds "
                    "to tens of seconds on CPU; inductor caches it on disk): for a server that runs a while "
                    "(default: eager, which starts answering at once)")
+    p.add_argument("--tools", choices=["client", "builtin"], default="client",
+                   help="client (default): OpenAI tool calling, the client runs the tools (the builtin toolset is "
+                   "the function 'toolset' in the model card); builtin: the server runs LaMDA's toolset loop itself "
+                   "and returns only the final answer")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", default=None, help="serve as a chat model whatever its stage")
     mode.add_argument("--base", dest="chat", action="store_false", help="serve as a base model (no chat endpoint)")
@@ -496,7 +506,13 @@ def _run_serve(args) -> int:
     from .serve.api import serve
 
     feedback = None if args.feedback.lower() == "none" else args.feedback
-    serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
+    toolset = None
+    if args.tools == "builtin":
+        from .tool_use import chat_toolset
+
+        toolset = chat_toolset()
+    serve(args.checkpoint, toolset=toolset,
+          host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
           model_name=args.model_name, feedback=feedback, device=args.device, dtype=args.dtype, chat=args.chat,
           max_rows=args.max_batch, compile=args.compile, max_tokens_limit=args.max_tokens_limit)
     return 0
