@@ -15,11 +15,13 @@ from typing import Any
 from .checkpoint import CheckpointError
 from .config import ConfigError
 from .data import DataError
+from .evaluate.openai_backend import EndpointError
 from .sample import PromptTooLongError
 from .tokenizer import TokenizerError
 
 # a stage's known failures: printed as one line `gptrecipe STAGE: error: ...` (exit 2), not a traceback
-KNOWN_ERRORS = (ConfigError, CheckpointError, DataError, TokenizerError, PromptTooLongError, FileNotFoundError)
+KNOWN_ERRORS = (ConfigError, CheckpointError, DataError, TokenizerError, PromptTooLongError, FileNotFoundError,
+                EndpointError)
 
 CONFIG_HELP = """Config: presets under configs/ (pretrain: --config NAME, models: --model NAME); override any field
 with KEY=VALUE, e.g. `gptrecipe pretrain --config tiny train.max_steps=500 model.n_layer=2`; `gptrecipe run`
@@ -222,6 +224,67 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _add_ape(sub) -> None:
+    p = _parser(sub, "ape", "automatic prompt engineering (APE; OPRO): a model writes instructions for a task, "
+                "the best is kept", _run_ape,
+                "The Automatic Prompt Engineer (Zhou et al. 2022): a proposer model reads solved train examples\n"
+                "of a task (a fresh random subset per query) and writes candidate instructions (\"... The\n"
+                "instruction was to\"); a scorer model runs each zero-shot on other train items (execution\n"
+                "accuracy, or the mean log-probability of the right output), spending evaluations by adaptive\n"
+                "filtering (or a UCB bandit). OPRO (--strategy opro / both) instead asks, step by step, for a\n"
+                "better instruction than the earlier ones with their scores. The winner's accuracy on the test\n"
+                "split (never used for selection) is reported next to no instruction and the task's description,\n"
+                "per task and seed. Proposer and scorer: a checkpoint, or any OpenAI-compatible /v1/completions\n"
+                "endpoint (gptrecipe serve, vLLM, llama.cpp, OpenAI; key from $OPENAI_API_KEY, see --api-key-env);\n"
+                "log-prob scoring on an endpoint needs echo + logprobs. Writes runs/NAME/report.md, results.json\n"
+                "and ape.png (score against evaluations spent).\n\n"
+                "Tasks: the JSONL task format of `gptrecipe eval` (items with \"split\": \"train\" are the\n"
+                "demonstrations and scoring items) or builtin:synthetic/FAMILY.\n\n"
+                "Examples:\n  gptrecipe ape --config tiny --proposer runs/speedrun/pretrain   # the main job's model\n"
+                "  gptrecipe ape --task my_task.jsonl --proposer-base-url http://localhost:8000/v1 --proposer gpt-x\n"
+                "  gptrecipe ape --task my_task.jsonl --proposer big-model --proposer-base-url URL "
+                "--scorer runs/sft --strategy both")
+    p.add_argument("--task", nargs="+", metavar="TASK",
+                   help="task .jsonl files / directories, builtin:synthetic/FAMILY")
+    p.add_argument("--proposer", help="checkpoint or run dir (or, with --proposer-base-url, the model name there)")
+    p.add_argument("--proposer-base-url", help="the proposer's OpenAI-compatible endpoint, e.g. http://host:8000/v1")
+    p.add_argument("--scorer", help="checkpoint or run dir, or the model name at --scorer-base-url (default: the "
+                   "proposer)")
+    p.add_argument("--scorer-base-url", help="the scorer's OpenAI-compatible endpoint")
+    p.add_argument("--api-key-env", help="environment variable with the endpoints' API key (default OPENAI_API_KEY)")
+    p.add_argument("--strategy", choices=["ape", "opro", "both"], help="APE's proposals (default), OPRO's "
+                   "meta-prompt steps, or both on APE's evaluation budget")
+    p.add_argument("--search", choices=["filter", "ucb", "all"], help="adaptive filtering (default), a UCB bandit, "
+                   "or every candidate on every scoring item")
+    p.add_argument("--metric", choices=["accuracy", "logprob"], help="execution accuracy (default) or the mean "
+                   "log-probability of the right output")
+    p.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="one run per task and seed (default 0)")
+    p.add_argument("--name", help="output under runs/NAME (default: ape)")
+    p.add_argument("--config", help="ape preset (configs/ape/, e.g. tiny: the main job's model) or TOML path")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. subsets=8 per_subset=4 mc_rounds=1 synthetic.tasks_per_family=2")
+
+
+def _run_ape(args) -> int:
+    import json
+
+    from .ape import ape, load_ape_config
+
+    tasks, overrides = _split_paths(args.task, list(args.overrides))
+    given = {"tasks": tasks and json.dumps(tasks), "proposer.model": args.proposer,
+             "proposer.base_url": args.proposer_base_url, "scorer.model": args.scorer,
+             "scorer.base_url": args.scorer_base_url, "proposer.api_key_env": args.api_key_env,
+             "scorer.api_key_env": args.api_key_env, "strategy": args.strategy, "search": args.search,
+             "metric": args.metric, "seeds": args.seeds and json.dumps(args.seeds), "name": args.name}
+    result = ape(load_ape_config(args.config, [f"{k}={v}" for k, v in given.items() if v] + overrides))
+    for row in result.summary:
+        print(f"{row['condition']}: test accuracy {row['test accuracy (mean)']:.3f} +- {row['std']:.3f} "
+              f"over {row['runs']} runs" + (f", {row['evaluations (mean)']:.0f} evaluations" if row[
+                  'evaluations (mean)'] else ""))
+    print(f"report: {result.report} ({result.seconds:.1f} s)")
+    return 0
+
+
 @dataclass(frozen=True)
 class _Trainer:
     """A training stage: `gptrecipe NAME --FLAG ... [--config PRESET] [--resume] [KEY=VALUE ...]` runs
@@ -370,17 +433,20 @@ def _run_rlhf(args) -> int:
 
 
 def _add_run(sub) -> None:
-    p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, SFT, rank, RM, PPO; one run report",
+    p = _parser(sub, "run", "the main job: tokenizer, pretrain, in-context eval, APE, SFT, rank, RM, PPO; one "
+                "run report",
                 _run_pipeline,
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
                 "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
                 "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
-                "fine-tune it for chat and tool use (SFT), rank its replies with a simulated "
-                "labeler, train a\nreward model, run PPO, and write OUT_DIR/NAME/report.md. About 10 minutes on 2 "
-                "CPU cores.\nLast, the SFT model answers held-out tool-use questions with LaMDA's toolset and "
-                "without it.\n\n"
+                "let it write and pick instructions for held-out tasks (APE), fine-tune it for chat and tool use\n"
+                "(SFT), rank its replies with a simulated labeler, train a reward model, run PPO, and write\n"
+                "OUT_DIR/NAME/report.md. About 10 minutes on 2 CPU cores. When the SFT mixes in tool-use\n"
+                "conversations (sft.tool_conversations=N), the SFT model last answers held-out tool-use questions\n"
+                "with LaMDA's toolset and without it.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
-                "in scale (runs, lo, hi: the scaling sweep), eval, sft, rm, ppo (and pretrain). Example:\n"
+                "in scale (runs, lo, hi: the scaling sweep), eval, ape (ape.seeds=[] skips it), sft, rm, ppo\n"
+                "(and pretrain). Example:\n"
                 "  gptrecipe run --name quick train.max_steps=200 sft.train.max_steps=50 rm.loss=listwise "
                 "ppo.beta=0.02")
     p.add_argument("--config", default="tiny", help="pretrain preset for the pretraining stage")
@@ -712,8 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gptrecipe", description="Train, align and talk to your own GPT.",
                                      epilog=CONFIG_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", title="stages, in recipe order")
-    for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, FINETUNE.add, SFT.add, _add_rank, RM.add,
-                PPO.add, _add_rlhf, _add_run, _add_scale, _add_toolset, _add_chat, _add_serve,
+    for add in (add_tokenizer, _add_pretrain, _add_sample, _add_eval, _add_ape, FINETUNE.add, SFT.add, _add_rank,
+                RM.add, PPO.add, _add_rlhf, _add_run, _add_scale, _add_toolset, _add_chat, _add_serve,
                 _add_export, _add_import):  # in recipe order
         add(sub)
     return parser

@@ -1,7 +1,7 @@
 """The main job, on the embedded default corpus: every stage of the recipe, ending in one run report.
 
-    gptrecipe run   # tokenizer -> scaling sweep + prediction -> pretrain -> in-context eval -> SFT (dialogues + tool
-                    # use) -> rank -> RM -> PPO -> tool use scored on held-out questions, with and without the toolset
+    gptrecipe run   # tokenizer -> scaling sweep + prediction -> pretrain -> in-context eval -> APE -> SFT (dialogues
+                    # + tool use) -> rank -> RM -> PPO -> tool use scored on held-out questions, with and without tools
     gptrecipe run train.max_steps=200 sft.train.max_steps=50 ppo.beta=0.02   # STAGE.KEY=VALUE: that stage's config
     run_pipeline(PipelineConfig(name="mini", overrides=["train.max_steps=200"], sft_overrides=[...]))
 """
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ape import ape, ape_table, load_ape_config
 from .checkpoint import load_checkpoint
 from .config import ConfigError, apply_overrides
 from .evaluate.run import icl_summary, icl_table, load_eval_config, load_tasks, run_eval
@@ -37,7 +38,8 @@ from .sweep import (
 )
 from .tool_use import chat_toolset, score_tools, tool_questions, tools_md
 
-STAGE_PREFIXES = ("pretrain", "scale", "eval", "sft", "rm", "ppo")  # `STAGE.KEY=VALUE` goes to that stage's config
+# `STAGE.KEY=VALUE` goes to that stage's config
+STAGE_PREFIXES = ("pretrain", "scale", "eval", "ape", "sft", "rm", "ppo")
 
 
 @dataclass
@@ -72,6 +74,7 @@ class PipelineConfig:
     rm_overrides: list[str] = field(default_factory=list)
     ppo_overrides: list[str] = field(default_factory=list)
     eval_overrides: list[str] = field(default_factory=list)
+    ape_overrides: list[str] = field(default_factory=list)  # configs/ape/tiny.toml's keys; `ape.seeds=[]`: no APE
     scale_overrides: list[str] = field(default_factory=list)
     resume: bool = False
     tool_questions: int = 150  # held-out tool-use questions scored (when the SFT mixes in tool conversations)
@@ -99,6 +102,8 @@ def check_overrides(job: PipelineConfig) -> None:
         raise ConfigError(f"scale: {e}") from None
     rlhf = RLHFConfig()
     for stage, load, preset, overrides in [("eval", load_eval_config, "tiny", job.eval_overrides),
+                                           *([("ape", load_ape_config, "tiny", ape_settings(job, Path("."), "x"))]
+                                             if ape_wanted(job) else []),
                                            ("sft", load_sft_config, job.sft_preset, job.sft_overrides),
                                            ("rm", load_rm_config, rlhf.rm_preset, job.rm_overrides),
                                            ("ppo", load_ppo_config, rlhf.ppo_preset, job.ppo_overrides)]:
@@ -157,6 +162,15 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     knows_labels = label_set_baseline(load_tasks("builtin:synthetic", synthetic=mapping_cfg.synthetic))
     timings.append({"stage": "in-context eval", "seconds": round(time.perf_counter() - t, 1)})
 
+    ape_result = None
+    if ape_wanted(job):
+        log("== stage 4b/7: automatic prompt engineering: the pretrained model writes and picks instructions for "
+            "held-out tasks")
+        t = time.perf_counter()
+        ape_result = ape(load_ape_config("tiny", [f"progress={cfg.train.progress}",
+                                                  *ape_settings(job, root, cfg.run_dir)]), log=log)
+        timings.append({"stage": "automatic prompt engineering", "seconds": round(time.perf_counter() - t, 1)})
+
     log("== stage 5/7: supervised fine-tuning for chat (dialogues, and tool-use conversations)")
     t = time.perf_counter()
     sft_cfg = load_sft_config(job.sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}",
@@ -197,6 +211,8 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
             {"stage": "in-context learning", "result": "held-out synthetic tasks, accuracy "
              + icl_summary(icl.curve) + f"; with the task's own labels as distractors K={mapping.curve[-1]['k']} "
              f"{mapping.curve[-1]['score']:.3f} (knowing the labels only: {knows_labels:.3f})"},
+            *([{"stage": "automatic prompt engineering", "result": ape_summary(ape_result.summary)}]
+              if ape_result else []),
             {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues"
              + (f" + {sft_cfg.tool_conversations} tool-use conversations" if sft_cfg.tool_conversations else "")
              + ", val loss on dialogue "
@@ -232,6 +248,7 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
          "bits per byte of the pretrained model:\n\n" + md_table(icl.corpora, ["corpus", "tokens", "loss",
                                                                                 "perplexity", "bits_per_byte"])
          + f"\nDetails: [{icl.report.relative_to(root)}]({icl.report.relative_to(root)})\n"),
+        *([("Automatic prompt engineering", ape_md(ape_result, root))] if ape_result else []),
         ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
         ("Chat replies of the SFT model", "".join(f"```\n{r}\n```\n" for r in replies)
          + "\nSFT details: [sft/report.md](sft/report.md), ![sft loss](sft/loss.png)\n"),
@@ -251,6 +268,38 @@ def score_tool_use(sft_dir: Path, n: int, seed: int) -> dict:
     toolset = chat_toolset()
     questions = tool_questions(n, seed=seed + 1, split="heldout", toolset=toolset)
     return score_tools(loaded.model.eval(), loaded.tokenizer, questions, toolset)
+
+
+def ape_wanted(job: PipelineConfig) -> bool:
+    """False when the job says `ape.seeds=[]` (or `ape.tasks=[]`): no APE stage."""
+    return not any(o.replace(" ", "") in ("seeds=[]", "tasks=[]") for o in job.ape_overrides)
+
+
+def ape_settings(job: PipelineConfig, root: Path, model) -> list[str]:
+    """The APE stage's overrides: its place in the job, the pretrained model as proposer (and scorer), the job's."""
+    return ["name=ape", f"out_dir={root}", f"proposer.model={model}", *job.ape_overrides]
+
+
+def ape_summary(summary: list[dict]) -> str:
+    by = {r["condition"]: r for r in summary}
+    best = by.get("ape best") or by.get("opro best")
+    return (f"held-out tasks ({best['runs']} task x seed runs), zero-shot test accuracy: the selected instruction "
+            f"{best['test accuracy (mean)']:.3f} +- {best['std']:.3f}, no instruction "
+            f"{by['no instruction']['test accuracy (mean)']:.3f}, the task's description "
+            f"{by['task description']['test accuracy (mean)']:.3f}; {best['evaluations (mean)']:.0f} evaluations "
+            "per run")
+
+
+def ape_md(res, root: Path) -> str:
+    rel = res.report.parent.relative_to(root)
+    return ("The Automatic Prompt Engineer with the pretrained model as both proposer and scorer: on held-out "
+            "classify tasks (random labellings of the evaluation seed space) it reads a few solved train examples "
+            "and continues \"... The instruction was to\" (its pretraining documents state some rules in words, "
+            "before or after their examples); the candidates are scored zero-shot on other train items with "
+            "adaptive filtering, and the winner is tested on the test split, never used for selection, against no "
+            "instruction and the task's own description (\"Classify:\"):\n\n"
+            + ape_table(res.summary) + f"\n![score vs evaluations]({rel}/ape.png)\n\nPer task and seed, and the "
+            f"candidates: [{rel}/report.md]({rel}/report.md)\n")
 
 
 def scaling_sweep(job: PipelineConfig, cfg, vocab_size: int, s: ScalingSettings, log) -> dict:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from http.server import HTTPServer
 from pathlib import Path
 
 import torch
@@ -44,3 +48,25 @@ def local_logprobs(model: GPT, ids: list[int]) -> list[float]:
     with torch.no_grad():
         lp = torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)
     return [lp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+
+
+def send_json(handler, obj) -> None:
+    """Answer a `BaseHTTPRequestHandler` request with 200 and `obj` as JSON."""
+    data = json.dumps(obj).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+@contextlib.contextmanager
+def scripted_server(handler) -> Iterator[str]:
+    """A local HTTP server answering with `handler` (a `BaseHTTPRequestHandler`) in a thread; yields its /v1 URL."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

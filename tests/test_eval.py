@@ -5,8 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 
 import pytest
@@ -44,6 +43,7 @@ from gptrecipe.evaluate.synthetic import (
 from gptrecipe.evaluate.tasks import Item, Task, load_task_file
 from gptrecipe.model import GPT
 from tests.conftest import ByteTokenizer, save_stage_checkpoint, tiny_config
+from tests.serve_util import scripted_server, send_json
 
 SEEDS_TASK = dict(description="Translate Chinese to English.", separator=", ", description_separator=" ")
 
@@ -361,12 +361,7 @@ class CompletionsHandler(BaseHTTPRequestHandler):
                                 "logprobs": {"tokens": toks, "token_logprobs": lps, "text_offset": offs}})
             else:
                 choices.append({"index": i, "text": " hello, world"})
-        data = json.dumps({"choices": choices[::-1]}).encode()  # out of order: the backend sorts by index
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, {"choices": choices[::-1]})  # out of order: the backend sorts by index
 
     def log_message(self, *args):
         pass
@@ -374,13 +369,9 @@ class CompletionsHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    server = HTTPServer(("127.0.0.1", 0), CompletionsHandler)
     CompletionsHandler.requests = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with scripted_server(CompletionsHandler) as url:
+        yield url
 
 
 def test_openai_backend_against_a_local_server(endpoint):

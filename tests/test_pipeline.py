@@ -26,16 +26,19 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
                        "rollout_batch=8", "minibatches=2", "ppo_epochs=1", "val_prompts=4", "max_new_tokens=6",
                        *QUIET],
         eval_overrides=["synthetic.tasks_per_family=8", "corpus_max_tokens=2048", "progress=false"],
+        ape_overrides=["synthetic.tasks_per_family=1", "seeds=[0]", "subsets=2", "per_subset=2", "max_new_tokens=6"],
         scale_overrides=["lo=0.01", "hi=0.25", "heldout_windows=4"]),
         log=lambda *a: None)
     text = report.read_text()
     for needle in ("| tokenizer |", "| pretrain |", "| in-context learning |", "| sft |", "| reward model |", "| ppo |",
-                   "| gold check |", "| scaling |", "Predictable scaling",
+                   "| gold check |", "| scaling |", "Predictable scaling", "| automatic prompt engineering |",
+                   "## Automatic prompt engineering",
                    "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
         assert needle in text, needle
     root = tmp_path / "mini"
     for f in ("scaling/prediction.json", "scaling/comparison.json", "scaling/scaling.png", "scaling/runs.jsonl",
-              "pretrain/loss.png", "eval/icl.png", "eval/report.md", "eval-mapping/report.md", "sft/loss.png",
+              "pretrain/loss.png", "eval/icl.png", "ape/ape.png", "ape/report.md",
+              "eval/report.md", "eval-mapping/report.md", "sft/loss.png",
               "rlhf/round1/ppo/ppo.png",
               "rlhf/round1/rm/report.md", "rlhf/rankings.jsonl", "rlhf/round1/ppo/checkpoints/latest"):
         assert (root / f).exists(), f
@@ -58,20 +61,23 @@ def test_stage_prefixed_overrides_reach_each_stage(monkeypatch, tmp_path):
 
     for name in ("get_tokenizer", "corpus_compression", "load_tasks", "label_set_baseline"):
         monkeypatch.setattr(pipeline, name, lambda *a, **kw: None)
-    for name in ("pretrain", "run_eval", "sft"):
+    for name in ("pretrain", "run_eval", "sft", "ape"):
         monkeypatch.setattr(pipeline, name, record(name))
     monkeypatch.setattr(pipeline, "run_rlhf", record("rlhf", stop=True))
     routed = split_overrides(["train.max_steps=5", "pretrain.model.n_layer=1", "eval.max_items=4",
                               "sft.train.max_steps=3", "rm.loss=listwise", "--ppo.beta=0.1", "name=a.b",
-                              "scale.runs=0"])
+                              "scale.runs=0", "ape.seeds=[3]"])
     assert routed == {"overrides": ["train.max_steps=5", "model.n_layer=1", "name=a.b"], "eval_overrides":
                       ["max_items=4"], "sft_overrides": ["train.max_steps=3"], "rm_overrides": ["loss=listwise"],
-                      "ppo_overrides": ["beta=0.1"], "scale_overrides": ["runs=0"]}
+                      "ppo_overrides": ["beta=0.1"], "scale_overrides": ["runs=0"], "ape_overrides": ["seeds=[3]"]}
     with pytest.raises(Stop):
         run_pipeline(PipelineConfig(out_dir=str(tmp_path), **routed), log=lambda *a: None)
     (pre,), (sft,), (rlhf,) = seen["pretrain"], seen["sft"], seen["rlhf"]
     assert (pre.train.max_steps, pre.model.n_layer, sft.train.max_steps) == (5, 1, 3)
     assert [c.max_items for c in seen["run_eval"]] == [4, 4]  # both in-context evaluations
+    (ape_cfg,) = seen["ape"]
+    assert ape_cfg.seeds == [3] and ape_cfg.proposer.model == str(pre.run_dir)
+    assert ape_cfg.run_dir == tmp_path / "speedrun" / "ape"
     assert load_rm_config(rlhf.rm_preset, rlhf.rm_overrides).loss == "listwise" and rlhf.ppo_overrides == ["beta=0.1"]
 
 

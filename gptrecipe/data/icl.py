@@ -4,6 +4,9 @@ Each family draws a *rule instance* from a seed: a random labelling of letter pa
 (`classify`), a letter cipher (`letter_map`), a word dictionary (`word_map`), `copy` or `reverse` of letters
 (same description: only the examples tell which), counting a letter (`count`), an arithmetic operation.
 A document holds many solved examples of one rule, so predicting an output means reading the examples before it.
+Some documents also state the rule in words (`INSTRUCTION_SHARE`, families with `PHRASINGS`): before the examples,
+as the description, or after them ("..., c d -> gold. The instruction was to label each pair as gold or sun."),
+so a model learns both to follow an instruction and to write one (what `gptrecipe ape` needs of a proposer).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Rule:
     universe: list[tuple[str, str]]
     any_output: Callable[[np.random.Generator], str]  # a random output of this family's shape (any instance)
     confusers: Callable[[str], list[str]] = field(default=lambda x: [])  # hard distractors for an input
+    words: dict[str, list[str]] = field(default_factory=dict)  # what a statement of the rule names (PHRASINGS)
 
 
 def _letters(rng: np.random.Generator, alphabet: list[str], n: int) -> list[str]:
@@ -57,7 +61,7 @@ def classify(rng: np.random.Generator) -> Rule:
     order = [dom[j] for j in rng.permutation(len(dom))]
     g = {a: labels[i % len(labels)] for i, a in enumerate(order)}  # every label is used
     return Rule("classify", "Classify:", [(f"{a} {b}", g[a]) for a, b in itertools.product(dom, dom)],
-                _any(LABELS, 1))
+                _any(LABELS, 1), words={"labels": labels})
 
 
 def letter_map(rng: np.random.Generator) -> Rule:
@@ -128,13 +132,57 @@ def pretraining_rules(n_docs: int = 6_000, seed: int = 0) -> Iterator[tuple[Rule
         yield FAMILIES[names[rng.choice(len(names), p=weights / weights.sum())]](rng), rng
 
 
+# ---- the rule in words ------------------------------------------------------------------------------------
+
+INSTRUCTION_LEAD = "The instruction was to"  # after the examples, the rule in words follows this
+INSTRUCTION_SHARE = 0.3  # of the documents of a family with phrasings: half state the rule before, half after
+# How a family's rule is said, {NAME} filled from Rule.words (a list of words becomes "a, b or c"). Classify's rule
+# in words is its label set: what the main job's tiny model can read from examples and use (not the mapping).
+PHRASINGS: dict[str, tuple[str, ...]] = {
+    "classify": ("label each pair as {labels}", "classify each pair as {labels}", "answer {labels}",
+                 "tag each pair with {labels}")}
+
+
+def or_list(words: list[str]) -> str:
+    """["a", "b", "c"] -> "a, b or c"."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def as_instruction(text: str) -> str:
+    """An instruction as it stands before examples: one line, capitalised, ending in a full stop
+    ("label each pair as gold or sun" -> "Label each pair as gold or sun."); "" stays ""."""
+    text = text.split("\n")[0].strip().rstrip(".:;, ").strip()
+    return text[:1].upper() + text[1:] + "." if text else ""
+
+
+def state_rule(rule: Rule, rng: np.random.Generator) -> str | None:
+    """The rule in words (a random phrasing, the words in random order), or None for a family without phrasings."""
+    phrasings = PHRASINGS.get(rule.family)
+    if not phrasings:
+        return None
+    text = phrasings[int(rng.integers(len(phrasings)))]
+    for name, words in rule.words.items():
+        text = text.replace("{" + name + "}", or_list([words[i] for i in rng.permutation(len(words))]))
+    return text
+
+
 def icl_documents(n_docs: int = 6_000, seed: int = 0) -> Iterator[str]:
     """The `builtin:icl` pretraining corpus: each document is one random rule and 8..28 solved examples of it
-    (drawn with replacement), in the evaluation format, so reading the context is the way to predict outputs."""
-    for rule, rng in pretraining_rules(n_docs, seed):
+    (drawn with replacement), in the evaluation format, so reading the context is the way to predict outputs.
+    `INSTRUCTION_SHARE` of them state the rule in words instead of the family's description, or after the
+    examples (`INSTRUCTION_LEAD`), drawn from their own generator (the examples stay those of the plain corpus)."""
+    for d, (rule, rng) in enumerate(pretraining_rules(n_docs, seed)):
         picks = rng.integers(0, len(rule.universe), int(rng.integers(8, 29)))
-        examples = [EXAMPLE_FORMAT.format(input=x, output=y) for x, y in (rule.universe[i] for i in picks)]
-        yield rule.description + DESCRIPTION_SEPARATOR + SEPARATOR.join(examples) + "\n"
+        examples = SEPARATOR.join(EXAMPLE_FORMAT.format(input=x, output=y)
+                                  for x, y in (rule.universe[i] for i in picks))
+        words = np.random.default_rng([PRETRAIN_SEED_SPACE, seed, d, 1])
+        stated = state_rule(rule, words) if words.random() < INSTRUCTION_SHARE else None
+        if stated is None:
+            yield rule.description + DESCRIPTION_SEPARATOR + examples + "\n"
+        elif words.random() < 0.5:
+            yield as_instruction(stated) + DESCRIPTION_SEPARATOR + examples + "\n"
+        else:
+            yield examples + f". {INSTRUCTION_LEAD} {stated}.\n"
 
 
 @cache

@@ -13,16 +13,17 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..sample import SamplingConfig, generate
-from .prompts import Prompt, fit_prompt
-from .tasks import Task
+from .prompts import Prompt, build_prompt, continuations, fit_prompt, render_query
+from .tasks import Item, Task
 
 
 class Backend(Protocol):
@@ -37,8 +38,9 @@ class Backend(Protocol):
         """(sum of log P(continuation tokens | context), number of continuation tokens) per (context, continuation)."""
         ...
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None) -> list[str]:
-        """Greedy completions, cut before the first stop string."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None, *,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """Completions cut before the first stop string: greedy, or sampled (temperature > 0, top-p, seeded)."""
         ...
 
 
@@ -107,11 +109,14 @@ class LocalBackend:
         return out
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None, *,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """Batches of `batch_size` prompts; a sampled batch draws from its own generator, seeded by (seed, batch)."""
         block = self.model.config.block_size
-        cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, stop=list(stop))
         out: list[str] = []
         for b in range(0, len(prompts), self.batch_size):
+            cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=list(stop),
+                                 seed=None if seed is None else seed * 1_000_003 + b)
             ids = [self._ids(p)[-(block - 1):] for p in prompts[b: b + self.batch_size]]  # room for one token
             out += [c.text for c in generate(self.model, self.tok, ids, cfg, compile=self.compile)]
             if bar is not None:
@@ -142,6 +147,43 @@ def pick_choice(scores: Sequence[tuple[float, int]], choices: Sequence[str], nor
     """Index of the best choice: by summed log-likelihood, or (normalize) per character of the choice."""
     vals = [lp / max(1, len(c)) if normalize else lp for (lp, _), c in zip(scores, choices, strict=True)]
     return max(range(len(vals)), key=vals.__getitem__)
+
+
+def item_scores(backend: Backend, task: Task, queries: Sequence[tuple[str, int]], *, metric: str = "accuracy",
+                split: str = "train", max_new_tokens: int = 16, shots: int = 0, pool: Sequence[Item] = (),
+                seed: int = 0, bar=None) -> list[float]:
+    """Scores of (description, item index) pairs: the task's prompt with that description, then `shots` solved
+    examples of `pool` (never the item itself; the same ones for every description of an item, seeded), then the
+    item. `accuracy`: the right choice by log-likelihood, or a greedy answer equal to the target after
+    normalisation (normalize_answer); `logprob`: the mean log-probability per token of the right output."""
+    if metric not in ("accuracy", "logprob"):
+        raise ValueError(f"metric must be 'accuracy' or 'logprob', got {metric!r}")
+    items = task.train if split == "train" else task.test
+
+    def examples(i: int) -> list[Item]:
+        if not shots:
+            return []
+        own = [it for it in pool if it.key != items[i].key]
+        rng = np.random.default_rng([seed, split == "test", i])
+        return [own[k] for k in rng.permutation(len(own))[:shots]]
+    shown = {i: examples(i) for i in dict.fromkeys(i for _, i in queries)}
+    prompts = [(build_prompt(replace(task, description=d), shown[i], items[i]), items[i]) for d, i in queries]
+    out: list[float] = [0.0] * len(queries)
+    ll = [(j, p, c) for j, (p, it) in enumerate(prompts) if metric == "logprob" or it.choices is not None
+          for c in (continuations(task, it) if metric == "accuracy" else [render_query(task, it)[1] + it.output])]
+    scores = iter(backend.loglikelihood([(p, c) for _, p, c in ll], bar=bar) if ll else [])
+    for j, (_, it) in enumerate(prompts):
+        if metric == "logprob":
+            lp, n = next(scores)
+            out[j] = lp / max(n, 1)
+        elif it.choices is not None:
+            out[j] = float(pick_choice([next(scores) for _ in it.choices], it.choices, False) == it.answer)
+    gen = [j for j, (_, it) in enumerate(prompts) if metric == "accuracy" and it.choices is None]
+    if gen:
+        texts = backend.generate([prompts[j][0] for j in gen], max_new_tokens, task.stop_strings, bar=bar)
+        for j, text in zip(gen, texts, strict=True):
+            out[j] = float(normalized_match(text, prompts[j][1].output))
+    return out
 
 
 @dataclass

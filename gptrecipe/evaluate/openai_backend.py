@@ -82,12 +82,18 @@ class OpenAIBackend:
                 bar.update(len(batch))
         return out
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None) -> list[str]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str], bar=None, *,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> list[str]:
+        """Greedy (temperature 0) or sampled completions; a sampled request carries top_p and a seed per batch."""
         out: list[str] = []
         for b in range(0, len(prompts), self.batch_size):
             batch = [self.prefix + p for p in prompts[b: b + self.batch_size]]
             payload: dict[str, Any] = {"model": self.model, "prompt": batch, "max_tokens": max_new_tokens,
-                                       "temperature": 0}
+                                       "temperature": temperature}
+            if temperature > 0:
+                payload["top_p"] = top_p
+                if seed is not None:
+                    payload["seed"] = seed * 1_000_003 + b
             if stop:
                 payload["stop"] = list(stop)[: self.max_stops]  # OpenAI accepts at most 4
             for choice in self._post(payload)["choices"]:

@@ -67,13 +67,14 @@ class EvalResult:
     png: Path | None
 
 
-def make_backend(cfg: EvalConfig):
-    """A LocalBackend over the checkpoint, or an OpenAIBackend over the endpoint; and the local model (or None)."""
+def make_backend(cfg: EvalConfig, *, api_key: str | None = None):
+    """A LocalBackend over the checkpoint, or an OpenAIBackend over the endpoint (`api_key`: default
+    $OPENAI_API_KEY); and the local model (or None), and its tokenizer."""
     if cfg.base_url:
         if not cfg.model:
             raise ConfigError("eval: with base_url, set model=<the model name at the endpoint> (--api-model)")
         tok = Tokenizer.from_file(cfg.api_tokenizer) if cfg.api_tokenizer else None
-        return OpenAIBackend(cfg.base_url, cfg.model, batch_size=cfg.batch_size, tokenizer=tok,
+        return OpenAIBackend(cfg.base_url, cfg.model, api_key=api_key, batch_size=cfg.batch_size, tokenizer=tok,
                              max_tokens=cfg.max_context or None, prefix=cfg.api_prompt_prefix), None, tok
     if not cfg.model:
         raise ConfigError("eval: give a checkpoint (model=<checkpoint or run dir>) or base_url=<endpoint>")
