@@ -110,6 +110,25 @@ def _add_sample(sub) -> None:
     p.add_argument("--assistant", action="store_true",
                    help="frame the prompt as the next turn of a transcript between a human and a helpful AI "
                    "assistant (a base model prompted to act as an assistant); stops before the next 'Human:'")
+    _add_tool_flags(p, "answer the prompt as a user turn of the chat format with LaMDA's toolset loop (an SFT "
+                    "model trained with tool conversations): each call and its result is shown, then the answer")
+
+
+def _add_tool_flags(p, help: str) -> None:
+    p.add_argument("--tools", action="store_true", help=help)
+    p.add_argument("--tool-docs", nargs="+", metavar="PATH", default=[],
+                   help="with --tools: retrieval over these text files / folders instead of the embedded corpora")
+    p.add_argument("--tool-dictionary", metavar="TSV", help="with --tools: the translator's 'chinese<TAB>english' file")
+    p.add_argument("--max-calls", type=int, default=3, help="with --tools: calls per turn before the model must "
+                   "answer (default %(default)s)")
+
+
+def _show_call(file):
+    def show(row: int, query: str, result: str) -> None:
+        if row == 0:
+            file.write(f"[TS, {query}]\n[toolset: {result}]\n")
+            file.flush()
+    return show
 
 
 def _run_sample(args) -> int:
@@ -133,6 +152,25 @@ def _run_sample(args) -> int:
                          top_p=args.top_p, seed=args.seed, stop=stop, num_samples=args.num_samples)
     if args.seed is not None:
         torch.manual_seed(args.seed)
+    if args.tools:
+        from .chat import Message
+        from .tool_use import answer_with_tools, chat_toolset
+
+        toolset = chat_toolset(args.tool_docs, args.tool_dictionary)
+        sys.stdout.write(f"User: {prompt}\n")
+
+        def show(row: int, piece: str) -> None:
+            if row == 0:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+
+        turns = answer_with_tools(model, tok, [[Message("user", prompt)]] * args.num_samples, cfg, toolset,
+                                  max_calls=args.max_calls, on_text=show, on_call=_show_call(sys.stdout))
+        sys.stdout.write("\n" + ("(call cap reached)\n" if turns[0].capped else ""))
+        for i, t in enumerate(turns[1:], start=2):
+            calls = "".join(f"[TS, {q}]\n[toolset: {r}]\n" for q, r in t.calls)
+            sys.stdout.write(f"\n--- sample {i} ---\n{calls}{t.text}\n")
+        return 0
     sys.stdout.write(prompt)
     stream_to_terminal(model, tok, prompt, cfg, compile=args.compile)
     return 0
@@ -401,10 +439,11 @@ def _add_run(sub) -> None:
                 "The main job, on the default mixture (Shakespeare, King James Bible, chatterbot dialogues, "
                 "builtin:icl)\nor --data: train a tokenizer, predict the pretraining run's loss from small runs of "
                 "its recipe,\npretrain a tiny GPT, measure its in-context learning (accuracy vs K) and bits per byte,\n"
-                "let it write and pick instructions for held-out tasks (APE), fine-tune it for chat (SFT),\n"
-                "rank its replies with a simulated labeler, train a reward model, run PPO, and write\n"
-                "OUT_DIR/NAME/report.md. About 10 minutes on 2 "
-                "CPU cores.\n\n"
+                "let it write and pick instructions for held-out tasks (APE), fine-tune it for chat and tool use\n"
+                "(SFT), rank its replies with a simulated labeler, train a reward model, run PPO, and write\n"
+                "OUT_DIR/NAME/report.md. About 10 minutes on 2 CPU cores. When the SFT mixes in tool-use\n"
+                "conversations (sft.tool_conversations=N), the SFT model last answers held-out tool-use questions\n"
+                "with LaMDA's toolset and without it.\n\n"
                 "KEY=VALUE overrides the pretraining config; STAGE.KEY=VALUE that stage's config, for STAGE\n"
                 "in scale (runs, lo, hi: the scaling sweep), eval, ape (ape.seeds=[] skips it), sft, rm, ppo\n"
                 "(and pretrain). Example:\n"
@@ -416,6 +455,9 @@ def _add_run(sub) -> None:
     p.add_argument("--name", default="speedrun", help="run name (output under OUT_DIR/NAME)")
     p.add_argument("--out-dir", default="runs", help="where runs go (default %(default)s)")
     p.add_argument("--rank-prompts", type=int, default=300, help="prompts ranked by the simulated labeler")
+    p.add_argument("--tool-questions", type=int, default=150,
+                   help="held-out tool-use questions the SFT model answers with and without the toolset (default "
+                   "%(default)s; the SFT preset's tool_conversations trains tool use; 0 = no tool-use stage)")
     p.add_argument("--resume", action="store_true", help="resume an interrupted run")
     p.add_argument("overrides", nargs="*", metavar="[STAGE.]KEY=VALUE",
                    help="config overrides, e.g. train.lr=1e-3 (pretraining) sft.train.max_steps=50 ppo.beta=0.02")
@@ -427,7 +469,8 @@ def _run_pipeline(args) -> int:
     paths, overrides = _split_paths(args.data, args.overrides)
     report = run_pipeline(PipelineConfig(preset=args.config, sft_preset=args.sft_config, data_paths=paths,
                                          name=args.name, out_dir=args.out_dir, rank_prompts=args.rank_prompts,
-                                         resume=args.resume, **split_overrides(overrides)))
+                                         tool_questions=args.tool_questions, resume=args.resume,
+                                         **split_overrides(overrides)))
     print(Path(report).read_text())
     print(f"report: {report}")
     return 0
@@ -447,6 +490,8 @@ def _add_chat(sub) -> None:
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--chat-template", action="store_true",
                    help="use the chat template even if the checkpoint is not an SFT/PPO model")
+    _add_tool_flags(p, "LaMDA's toolset loop: the model may query the toolset (calculator, translator, retrieval) "
+                    "before it answers; each call and its result is shown")
 
 
 def _run_chat(args) -> int:
@@ -461,7 +506,12 @@ def _run_chat(args) -> int:
                           "checkpoint (or --chat-template to force it); for text continuation use `gptrecipe sample`")
     params = GenParams(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed)
-    return chat(served, params, system=args.system)
+    toolset = None
+    if args.tools:
+        from .tool_use import chat_toolset
+
+        toolset = chat_toolset(args.tool_docs, args.tool_dictionary)
+    return chat(served, params, system=args.system, toolset=toolset, max_calls=args.max_calls)
 
 
 def _add_serve(sub) -> None:
@@ -474,6 +524,7 @@ def _add_serve(sub) -> None:
                 "appended to --feedback as reward-model comparisons ({\"prompt\", \"chosen\", \"rejected\"}).\n\n"
                 "Examples:\n"
                 "  gptrecipe serve runs/speedrun/sft                      # http://127.0.0.1:8000/\n"
+                "  gptrecipe serve runs/speedrun/sft --tools builtin      # answers through LaMDA's toolset\n"
                 "  gptrecipe serve runs/speedrun/pretrain --port 8001 --api-key secret\n"
                 "  gptrecipe serve runs/speedrun/sft --export-tokenizer runs/hf_tokenizer   # and exit\n"
                 "  lm_eval --model local-completions --model_args "
@@ -493,6 +544,10 @@ def _add_serve(sub) -> None:
                    "continuous batching keeps working; each bucket compiles the first time it is needed (seconds "
                    "to tens of seconds on CPU; inductor caches it on disk): for a server that runs a while "
                    "(default: eager, which starts answering at once)")
+    p.add_argument("--tools", choices=["client", "builtin"], default="client",
+                   help="client (default): OpenAI tool calling, the client runs the tools (the builtin toolset is "
+                   "the function 'toolset' in the model card); builtin: the server runs LaMDA's toolset loop itself "
+                   "and returns only the final answer")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--chat", action="store_true", default=None, help="serve as a chat model whatever its stage")
     mode.add_argument("--base", dest="chat", action="store_false", help="serve as a base model (no chat endpoint)")
@@ -517,7 +572,13 @@ def _run_serve(args) -> int:
     from .serve.api import serve
 
     feedback = None if args.feedback.lower() == "none" else args.feedback
-    serve(args.checkpoint, host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
+    toolset = None
+    if args.tools == "builtin":
+        from .tool_use import chat_toolset
+
+        toolset = chat_toolset()
+    serve(args.checkpoint, toolset=toolset,
+          host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
           model_name=args.model_name, feedback=feedback, device=args.device, dtype=args.dtype, chat=args.chat,
           max_rows=args.max_batch, compile=args.compile, max_tokens_limit=args.max_tokens_limit)
     return 0

@@ -1,7 +1,7 @@
 """The main job, on the embedded default corpus: every stage of the recipe, ending in one run report.
 
-    gptrecipe run   # tokenizer -> scaling sweep + prediction -> pretrain -> in-context eval -> APE -> SFT -> rank -> RM
-                    # -> PPO
+    gptrecipe run   # tokenizer -> scaling sweep + prediction -> pretrain -> in-context eval -> APE -> SFT (dialogues
+                    # + tool use) -> rank -> RM -> PPO -> tool use scored on held-out questions, with and without tools
     gptrecipe run train.max_steps=200 sft.train.max_steps=50 ppo.beta=0.02   # STAGE.KEY=VALUE: that stage's config
     run_pipeline(PipelineConfig(name="mini", overrides=["train.max_steps=200"], sft_overrides=[...]))
 """
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ape import ape, ape_table, load_ape_config
+from .checkpoint import load_checkpoint
 from .config import ConfigError, apply_overrides
 from .evaluate.run import icl_summary, icl_table, load_eval_config, load_tasks, run_eval
 from .evaluate.synthetic import label_set_baseline
@@ -35,6 +36,7 @@ from .sweep import (
     run_sweep,
     tokens_per_param,
 )
+from .tool_use import chat_toolset, score_tools, tool_questions, tools_md
 
 # `STAGE.KEY=VALUE` goes to that stage's config
 STAGE_PREFIXES = ("pretrain", "scale", "eval", "ape", "sft", "rm", "ppo")
@@ -75,6 +77,7 @@ class PipelineConfig:
     ape_overrides: list[str] = field(default_factory=list)  # configs/ape/tiny.toml's keys; `ape.seeds=[]`: no APE
     scale_overrides: list[str] = field(default_factory=list)
     resume: bool = False
+    tool_questions: int = 150  # held-out tool-use questions scored (when the SFT mixes in tool conversations)
 
 
 def split_overrides(overrides: list[str]) -> dict[str, list[str]]:
@@ -120,20 +123,20 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     cfg = dataclasses.replace(cfg, name="pretrain", out_dir=str(root),
                               tokenizer=dataclasses.replace(cfg.tokenizer, path=str(root / "tokenizer.json")))
 
-    log("== stage 1/6: tokenizer")
+    log("== stage 1/7: tokenizer")
     t = time.perf_counter()
     tok = get_tokenizer(cfg.tokenizer, cfg.data, log=log)
     timings.append({"stage": "tokenizer", "seconds": round(time.perf_counter() - t, 1)})
     stats = corpus_compression(tok, cfg.data)
 
-    log("== stage 2/6: predictable scaling: small runs of the pretraining recipe, then the pretraining run's "
+    log("== stage 2/7: predictable scaling: small runs of the pretraining recipe, then the pretraining run's "
         "held-out loss predicted before it starts")
     t = time.perf_counter()
     scaling = apply_overrides(ScalingSettings(), job.scale_overrides)
     sweep = scaling_sweep(job, cfg, tok.vocab_size, scaling, log) if scaling.runs else None
     timings.append({"stage": "scaling sweep + prediction", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 3/6: pretraining")
+    log("== stage 3/7: pretraining")
     t = time.perf_counter()
     result = pretrain(cfg, resume=job.resume, log=log)
     timings.append({"stage": "pretrain", "seconds": round(time.perf_counter() - t, 1)})
@@ -147,7 +150,7 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
         log(f"scaling: predicted {c['predicted_loss']:.4f}, actual {c['actual_loss']:.4f} "
             f"({100 * c['relative_error']:+.2f}% at {c['extrapolation']:.1f}x)")
 
-    log("== stage 4/6: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
+    log("== stage 4/7: in-context learning (accuracy vs K on held-out synthetic tasks), bits per byte")
     t = time.perf_counter()
     evals = [f"model={cfg.run_dir}", f"out_dir={root}", f"progress={cfg.train.progress}"]
     icl = run_eval(load_eval_config("tiny", [*evals, "name=eval", *job.eval_overrides]), mixture=cfg.data, log=log)
@@ -161,21 +164,21 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
 
     ape_result = None
     if ape_wanted(job):
-        log("== stage 4b/6: automatic prompt engineering: the pretrained model writes and picks instructions for "
+        log("== stage 4b/7: automatic prompt engineering: the pretrained model writes and picks instructions for "
             "held-out tasks")
         t = time.perf_counter()
         ape_result = ape(load_ape_config("tiny", [f"progress={cfg.train.progress}",
                                                   *ape_settings(job, root, cfg.run_dir)]), log=log)
         timings.append({"stage": "automatic prompt engineering", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 5/6: supervised fine-tuning for chat")
+    log("== stage 5/7: supervised fine-tuning for chat (dialogues, and tool-use conversations)")
     t = time.perf_counter()
     sft_cfg = load_sft_config(job.sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}",
                                                *job.sft_overrides])
     sft_result = sft(sft_cfg, resume=job.resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 6/6: RLHF: rank (simulated labeler) -> reward model -> PPO")
+    log("== stage 6/7: RLHF: rank (simulated labeler) -> reward model -> PPO")
     t = time.perf_counter()
     rounds = run_rlhf(RLHFConfig(sft=str(sft_cfg.run_dir), out_dir=str(root / "rlhf"), rounds=1,
                                  labeler="builtin:positivity", rank_prompts=job.rank_prompts,
@@ -184,6 +187,13 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
     timings.append({"stage": "rlhf (rank + rm + ppo)", "seconds": round(time.perf_counter() - t, 1)})
     rl = rounds[-1]
     ppo_dir = Path(rl["ppo_dir"]).relative_to(root)
+
+    tools = None
+    if sft_cfg.tool_conversations and job.tool_questions:
+        log(f"== stage 7/7: tool use (LaMDA): {job.tool_questions} held-out questions, with and without the toolset")
+        t = time.perf_counter()
+        tools = score_tool_use(sft_cfg.run_dir, job.tool_questions, sft_cfg.train.seed)
+        timings.append({"stage": "tool-use eval", "seconds": round(time.perf_counter() - t, 1)})
 
     first, last = result.evals[0], result.evals[-1]
     s_first, s_last = sft_result.evals[0], sft_result.evals[-1]
@@ -203,8 +213,13 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
              f"{mapping.curve[-1]['score']:.3f} (knowing the labels only: {knows_labels:.3f})"},
             *([{"stage": "automatic prompt engineering", "result": ape_summary(ape_result.summary)}]
               if ape_result else []),
-            {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues, val loss on "
+            {"stage": "sft", "result": f"{sft_result.final_step} steps on chatterbot dialogues"
+             + (f" + {sft_cfg.tool_conversations} tool-use conversations" if sft_cfg.tool_conversations else "")
+             + ", val loss on dialogue "
              f"assistant tokens {s_first['val_loss']:.3f} (step {s_first['step']}) -> {s_last['val_loss']:.3f}"},
+            *([{"stage": "tool use", "result": "held-out exact match with / without the toolset: " + ", ".join(
+                f"{r['tool']} {r['with the toolset']:.2f} / {r['without']:.2f}" for r in tools["rows"])}]
+              if tools else []),
             {"stage": "reward model", "result": f"held-out pairwise accuracy {rl['rm_val_accuracy']:.3f} "
              f"(simulated labeler: builtin:positivity)"},
             {"stage": "ppo", "result": f"held-out RM score {rl['rm_score_before']:.3f} -> {rl['rm_score_after']:.3f}, "
@@ -237,6 +252,7 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
         ("Samples from the final model", "\n".join(f"```\n{s['sample']}\n```\n" for s in samples)),
         ("Chat replies of the SFT model", "".join(f"```\n{r}\n```\n" for r in replies)
          + "\nSFT details: [sft/report.md](sft/report.md), ![sft loss](sft/loss.png)\n"),
+        *([("Tool use (LaMDA)", tools_md(tools))] if tools else []),
         ("RLHF (PPO) curves", f"![ppo]({ppo_dir}/ppo.png)\n\nPPO policy replies (held-out prompts):\n\n"
          + "".join(f"```\n{x}\n```\n" for x in rl["samples"])),
         ("Tokenizer compression", md_table(stats, ["corpus", "bytes", "tokens", "bytes_per_token"])),
@@ -244,6 +260,14 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
         ("Environment", md_table([{"key": k, "value": v} for k, v in environment().items()])),
     ]
     return write_markdown(root / "report.md", f"gptrecipe run `{job.name}`", sections)
+
+
+def score_tool_use(sft_dir: Path, n: int, seed: int) -> dict:
+    """The SFT model's exact-match accuracy on `n` held-out tool-use questions, with and without the toolset."""
+    loaded = load_checkpoint(sft_dir)
+    toolset = chat_toolset()
+    questions = tool_questions(n, seed=seed + 1, split="heldout", toolset=toolset)
+    return score_tools(loaded.model.eval(), loaded.tokenizer, questions, toolset)
 
 
 def ape_wanted(job: PipelineConfig) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ class SamplingConfig:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # stop strings (not included in the output)
     num_samples: int = 1
+    ban_ids: list[int] = field(default_factory=list)  # tokens never drawn (the tool call token past the call cap)
 
 
 @dataclass
@@ -68,6 +69,8 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     It draws from exactly the same distribution as `torch.multinomial`, ~30x faster on CPU (multinomial
     draws an exponential variate per vocabulary entry). `right=True` never lands on a zero-mass token.
     """
+    if cfg.ban_ids:
+        logits = logits.index_fill(-1, torch.tensor(cfg.ban_ids, device=logits.device), float("-inf"))
     if cfg.temperature <= 0:
         return logits.argmax(-1)
     probs = F.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
@@ -168,12 +171,13 @@ class RowDecoder:
         self.streamed = 0  # characters of `text` already handed out
         self.finish: str | None = None  # "stop" (stop token or string) or "length" (budget spent)
         self.stop_token = False  # ended on a stop token
+        self.stopped_on: int | None = None  # which stop token
         self.cut = False  # ended on a stop string: `text` is shorter than the decoded tokens
 
     def accept(self, token: int) -> str:
         """Take the drawn token; return the new text that can be streamed now (maybe "")."""
         if token in self.stop_ids:
-            self.finish, self.stop_token = "stop", True
+            self.finish, self.stop_token, self.stopped_on = "stop", True, token
         else:
             self.tokens.append(token)
             if self.tok is not None:
@@ -195,7 +199,13 @@ def generate_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingCon
     `cfg.stop`) and `on_text(row, piece)` receives each row's text as soon as it is safe to show."""
     budget = min(cfg.max_new_tokens, model.config.block_size - max(map(len, prompts), default=0))
     rows = [RowDecoder(tokenizer, budget, stop_ids, cfg.stop) for _ in prompts]
-    for nxt in generate_ids(model, prompts, cfg, pad_id=pad_id, compile=compile):  # the decoders end the rows
+    return _decode_rows(model, prompts, cfg, rows, pad_id=pad_id, on_text=on_text, compile=compile)
+
+
+def _decode_rows(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, rows: list[RowDecoder], *,
+                 pad_id: int, on_text: Callable[[int, str], None] | None, compile: bool = False) -> list[RowDecoder]:
+    """Decode until every row's `RowDecoder` has ended it."""
+    for nxt in generate_ids(model, prompts, cfg, pad_id=pad_id, compile=compile):
         for i, (row, tok) in enumerate(zip(rows, nxt.tolist(), strict=True)):
             piece = row.accept(tok) if row.finish is None else ""
             if piece and on_text is not None:
@@ -218,6 +228,64 @@ def generate(model: GPT, tokenizer, prompts: Sequence[str] | Sequence[Sequence[i
                          pad_id=tokenizer.eot_id, tokenizer=tokenizer, on_text=on_text, compile=compile)
     # text cut at a stop string: re-encode what is kept
     return [Completion(r.text, tokenizer.encode(r.text) if r.cut else r.tokens, r.finish or "length") for r in rows]
+
+
+@dataclass
+class CallTurn:
+    """A turn generated with tool calls: its calls as (query, result) in order, then the final text."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" or "length"
+    calls: list[tuple[str, str]]
+    capped: bool  # the call cap was reached: the last round could not call and had to answer
+
+
+def generate_with_calls(model: GPT, tokenizer, prompts: Sequence[Sequence[int]], cfg: SamplingConfig, *,
+                        stop_ids: Sequence[int], call_id: int, run_call: Callable[[str], tuple[str, list[int]]],
+                        max_calls: int = 3, pad_id: int = 0, on_text: Callable[[int, str], None] | None = None,
+                        on_call: Callable[[int, str, str], None] | None = None) -> list[CallTurn]:
+    """The tool loop (LaMDA): decode every row; a row whose output starts with `call_id` and ends at a stop token
+    is a call: `run_call(query)` returns (result, ids to force in after the call) and the row decodes on from the
+    call and the forced ids. After `max_calls` calls a row may not call again (`call_id` is banned), so it answers.
+    Each decoding round has the token budget `cfg.max_new_tokens`; `on_text(row, piece)` streams only the final
+    answers, `on_call(row, query, result)` reports each call."""
+    block = model.config.block_size
+    ctx = [list(p) for p in prompts]
+    calls: list[list[tuple[str, str]]] = [[] for _ in prompts]
+    out: list[CallTurn | None] = [None] * len(prompts)
+    active = list(range(len(prompts)))
+    for round_ in range(max_calls + 1):
+        last = round_ == max_calls
+        budget = min(cfg.max_new_tokens, block - max(len(ctx[i]) for i in active))
+        rows = [RowDecoder(tokenizer, budget, stop_ids, cfg.stop) for _ in active]
+
+        def show(j: int, piece: str, rows=rows, active=active) -> None:
+            if on_text is not None and rows[j].tokens[:1] != [call_id]:
+                on_text(active[j], piece)
+
+        _decode_rows(model, [ctx[i] for i in active], replace(cfg, ban_ids=[*cfg.ban_ids, call_id]) if last else cfg,
+                     rows, pad_id=pad_id, on_text=show)
+        again = []
+        for i, r in zip(active, rows, strict=True):
+            if r.tokens[:1] == [call_id] and r.stop_token:
+                query = tokenizer.decode(r.tokens[1:])
+                result, forced = run_call(query)
+                calls[i].append((query, result))
+                if on_call is not None:
+                    on_call(i, query, result)
+                ctx[i] += [*r.tokens, r.stopped_on, *forced]
+                if len(ctx[i]) < block:
+                    again.append(i)
+                    continue
+                out[i] = CallTurn("", [], "length", calls[i], False)  # no room left to answer
+                continue
+            text = r.text if r.tokens[:1] != [call_id] else ""  # a call cut by the budget is no answer
+            out[i] = CallTurn(text, r.tokens, r.finish or "length", calls[i], last and max_calls > 0)
+        active = again
+        if not active:
+            break
+    return [t for t in out if t is not None]
 
 
 def _safe_prefix(text: str, stops: Sequence[str], final: bool) -> int:

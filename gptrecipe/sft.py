@@ -2,12 +2,15 @@
 
     gptrecipe sft --init runs/speedrun/pretrain --data chats.jsonl train.max_steps=300
 
-Data: JSONL of `{"messages": [{"role", "content"}, ...]}` or `{"prompt", "response"}`, or
-`builtin:chatterbot` (the corpus' English dialogues, alternating user / assistant).
+Data: JSONL of `{"messages": [{"role", "content"}, ...]}` (tool calls in the OpenAI shape too: assistant
+`tool_calls`, `role: "tool"` messages) or `{"prompt", "response"}`, or `builtin:chatterbot` (the corpus' English
+dialogues, alternating user / assistant). `tool_conversations=N` mixes N builtin tool-use conversations
+(`gptrecipe.tool_use`) into the training data (never into the validation set, which stays the data's own).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,7 @@ class SFTConfig(RunConfig):
     data: str = "builtin:chatterbot"  # JSONL path or builtin:chatterbot
     val_fraction: float = 0.1
     packing: bool = False  # several conversations per row (fewer pad tokens, faster)
+    tool_conversations: int = 0  # builtin tool-use conversations (calculator, translator, retrieval) mixed in
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=300, micro_batch_size=16, lr=1e-3, warmup_steps=20, eval_every=100, checkpoint_every=100))
     sample: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=0.7,
@@ -140,6 +144,13 @@ def sft(cfg: SFTConfig, *, resume: bool = False, log=print) -> TrainResult:
     truncated = sum(r.truncated for r in rows)
     run.log(f"sft: {len(rows)} train / {len(val)} val conversations; {truncated} truncated to the context, "
             f"{dropped + dropped_val} dropped (no assistant token left)")
+    if cfg.tool_conversations:
+        from .tool_use import tool_conversations
+
+        tool_rows, _ = render_all(template, tool_conversations(cfg.tool_conversations, seed=cfg.train.seed), block)
+        run.log(f"sft: {len(tool_rows)} tool-use conversations mixed into the training data")
+        rows = rows + tool_rows
+        random.Random(cfg.train.seed).shuffle(rows)  # packed rows mix both kinds
     if cfg.packing:
         rows = pack(rows, block + 1)
     task = MaskedLMTask(rows, val, tok.id_of("<|pad|>"), cfg.train.seed, block,
@@ -148,6 +159,7 @@ def sft(cfg: SFTConfig, *, resume: bool = False, log=print) -> TrainResult:
                                                                                   cfg.sample), strict=True)])
     result = run.train(model, task, base, resume, extras={"base_stage": base.meta.stage})
     run.report(write_sft_report, cfg, result, {"train conversations": len(rows) if not cfg.packing else "packed",
+                                               "tool-use conversations": cfg.tool_conversations,
                                                "packed rows": len(rows) if cfg.packing else "-",
                                                "val conversations": len(val), "truncated": truncated,
                                                "dropped": dropped + dropped_val})

@@ -165,7 +165,8 @@ def test_sixteen_concurrent_streams_are_batched_and_correct(setup):
     tok, model, engine = setup["tok"], setup["model"], setup["app"].state.engine
     prompts = [f"Hello {i}! What is AI?" for i in range(16)]
     expected = [generate(model, tok, [chat_ids(tok, [{"role": "user", "content": p}])],
-                         SamplingConfig(max_new_tokens=24, temperature=1.0, seed=100 + i),
+                         SamplingConfig(max_new_tokens=24, temperature=1.0, seed=100 + i,
+                                        ban_ids=[ChatTemplate(tok).call]),  # no tools: no call
                          stop_ids=ChatTemplate(tok).stop_ids)[0].text for i, p in enumerate(prompts)]
     client = openai.AsyncOpenAI(base_url=setup["server"].url + "/v1", api_key=KEY, max_retries=0, timeout=60)
 
@@ -263,8 +264,12 @@ def test_errors_are_openai_shaped_and_never_500(setup):
             status, body = http(url + "/v1/completions", json.dumps(b).encode(), key=KEY)
             assert status == want, (b, status, body)
             assert set(body["error"]) >= {"message", "type", "code"}
-    chat_422 = [{"messages": []}, {"messages": [{"role": "tool", "content": "x"}]}, {"messages": "hi"},
-                {"messages": [{"role": "user"}]}, {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 50}]
+    status, body = http(url + "/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, key=KEY)
+    assert status == 400 and "messages" in body["error"]["message"], body  # a tool result without its call
+    status, body = http(url + "/v1/chat/completions", {"messages": [{"role": "user"}]}, key=KEY)
+    assert status == 400 and "content" in body["error"]["message"], body
+    chat_422 = [{"messages": []}, {"messages": "hi"},
+                {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 50}]
     for b in chat_422:
         assert http(url + "/v1/chat/completions", b, key=KEY)[0] == 422, b
     assert http(url + "/v1/nothing-here", {"a": 1}, key=KEY)[0] == 404

@@ -12,13 +12,19 @@ Errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}: 400 
 be served (prompt longer than the context, max_tokens over the limit, chat on a base model), 401 without
 the API key, 404 for an unknown model, 413 for a body over the limit, 422 for malformed JSON or
 parameters out of range; the schema declares them on each route, and this server's limits (max_tokens,
-token ids, context). Text prompts of /v1/completions read special-token strings ("<|endoftext|>")
-as special tokens, as Hugging Face tokenizers do; chat message contents never do.
+token ids, context); a bad tool message (an unknown `tool_call_id`, malformed `arguments`) is a 400 naming
+the field. Tool calling is OpenAI's: `tools`, `tool_choice` (auto, none, required, a named function), replies
+with `tool_calls` and `finish_reason: "tool_calls"` (streamed too), follow-ups with `role: "tool"` messages; the
+builtin toolset is the function `toolset` with one string argument `query` (TOOLSET_FUNCTION, in the model
+card as "tools"); with `--tools builtin` the server runs the toolset itself and returns the final answer only.
+Text prompts of /v1/completions read special-token strings ("<|endoftext|>") as special tokens, as Hugging Face
+tokenizers do; chat message contents never do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -37,7 +43,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..chat import Message
+from ..chat import BUILTIN_FUNCTION, TOOLSET_FUNCTION, ChatTemplate, Message, parse_call, parse_messages
+from ..io import DataError
 from ..sample import PromptTooLongError
 from .engine import Choice, Engine, Event, GenParams, TokenLogprob
 from .feedback import FeedbackLog
@@ -112,16 +119,52 @@ class ContentPart(_Body):
 
 
 class ChatMessage(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None  # None: an assistant message with tool_calls
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=16)  # checked by the chat format's reader
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @property
+    def text(self) -> str | None:
+        return self.content if not isinstance(self.content, list) else "".join(p.text for p in self.content)
 
     def message(self) -> Message:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return Message("system" if self.role == "developer" else self.role, text)
+        return Message("system" if self.role == "developer" else self.role, self.text or "")
+
+    def raw(self) -> dict[str, Any]:
+        """The OpenAI shape that `parse_messages` reads."""
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": self.text}
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class ToolFunction(_Body):
+    name: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(_Body):
+    type: Literal["function"]
+    function: ToolFunction
+
+
+class NamedFunction(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
+    tools: list[ToolSpec] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
     max_tokens: int | None = Field(None, ge=0, json_schema_extra=MAX_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=0, json_schema_extra=MAX_TOKENS)
     logprobs: bool = False
@@ -240,8 +283,10 @@ class _Server:
     """The handlers' shared state: the served model, the engine, limits, the feedback log."""
 
     def __init__(self, served: ServedModel, engine: Engine, *, max_tokens_limit: int,
-                 feedback: FeedbackLog | None):
+                 feedback: FeedbackLog | None, toolset=None):
         self.served, self.engine, self.feedback = served, engine, feedback
+        self.toolset = toolset  # --tools builtin: LaMDA's loop runs here, clients get the final answer
+        self.template = ChatTemplate(served.tokenizer)
         self.tok = served.tokenizer
         self.max_tokens_limit = max_tokens_limit
         self.created = int(time.time())
@@ -396,31 +441,150 @@ class _Server:
                            "not a chat model: use /v1/completions, or serve an SFT or PPO checkpoint "
                            "(or start the server with --chat to force the chat template)", param="messages",
                            code="not_a_chat_model")
-        ids = self.check_prompt(self.served.chat_ids([m.message() for m in req.messages]), "messages")
+        names, choice = self.tool_choice(req)
+        forced = self.forced(choice)
+        messages = self.messages(req)
+        prompt = self.served.chat_ids(messages)
+        ids = self.check_prompt(prompt + forced, "messages")
         asked = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         params = self.params(req, asked, self.served.block_size - len(ids),
-                             logprobs=(req.top_logprobs or 0) if req.logprobs else None)
+                             logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+                             ban_ids=[self.template.call] if choice == "none" else ())
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": self.served.name}
 
         def delta(index: int, delta: dict, reason: str | None = None, lps=None) -> dict[str, Any]:
             return {"index": index, "delta": delta, "logprobs": self.chat_logprobs(lps), "finish_reason": reason}
 
+        if self.toolset is not None and choice != "none":
+            return await self.builtin_loop(req, ids, params, head, delta)
+        started: dict[int, list[int]] = {}  # a choice's tokens while it may be a call
+
         def parts(ev: Event) -> list[dict[str, Any]]:
-            out = [delta(ev.choice, {"content": ev.text}, lps=ev.logprobs)] if ev.text or ev.logprobs else []
-            return out + ([delta(ev.choice, {}, ev.finish_reason)] if ev.finish_reason else [])
+            toks = started.setdefault(ev.choice, [])
+            toks += ev.tokens
+            if not forced and toks[:1] != [self.template.call]:  # content, streamed as it comes
+                out = [delta(ev.choice, {"content": ev.text}, lps=ev.logprobs)] if ev.text or ev.logprobs else []
+                return out + ([delta(ev.choice, {}, ev.finish_reason)] if ev.finish_reason else [])
+            if not ev.finish_reason:
+                return []  # a call goes out whole, at its end
+            msg, reason = self.reply(toks, ev.finish_reason, forced, names)
+            if "tool_calls" in msg:
+                return [delta(ev.choice, {"tool_calls": [{"index": 0, **msg["tool_calls"][0]}]}), delta(ev.choice, {},
+                                                                                                          reason)]
+            return [delta(ev.choice, {"content": msg["content"]}), delta(ev.choice, {}, reason)]
 
         def whole(ch: Choice) -> dict[str, Any]:
+            if forced or ch.tokens[:1] == [self.template.call]:
+                msg, reason = self.reply(ch.tokens, ch.finish_reason, forced, names)
+                return {"index": ch.index, "message": msg, "logprobs": None, "finish_reason": reason}
             return {"index": ch.index, "message": {"role": "assistant", "content": ch.text},
                     "logprobs": self.chat_logprobs(ch.logprobs), "finish_reason": ch.finish_reason}
 
-        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": self.served.name}
         opening = [delta(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
         return await self.respond(req, [ids], params, head, whole, parts, opening, chunk="chat.completion.chunk")
+
+    def messages(self, req: ChatRequest) -> list[Message]:
+        """The conversation in the chat format; bad tool messages are a 400 naming the field."""
+        try:
+            return parse_messages({"messages": [m.raw() for m in req.messages]}, "request")
+        except DataError as e:
+            raise APIError(400, str(e), param="messages") from None
+
+    def tool_choice(self, req: ChatRequest) -> tuple[list[str], str | tuple[str]]:
+        """The offered functions' names and the choice: "auto", "none", "required" or (name,)."""
+        names = [t.function.name for t in req.tools or []]
+        if self.toolset is not None and names:
+            raise APIError(400, "this server runs the builtin toolset itself (--tools builtin): a request cannot "
+                           "offer tools", param="tools")
+        choice = req.tool_choice or ("auto" if names or self.toolset is not None else "none")
+        if isinstance(choice, NamedToolChoice):
+            if choice.function.name not in names:
+                raise APIError(400, f"tool_choice names the function '{choice.function.name}', which is not among "
+                               f"the request's tools ({', '.join(names) or 'none'})", param="tool_choice")
+            return names, (choice.function.name,)
+        if choice in ("auto", "required") and not names and self.toolset is None:
+            raise APIError(400, f"tool_choice '{choice}' needs 'tools'", param="tool_choice")
+        return names, choice
+
+    def forced(self, choice: str | tuple[str]) -> list[int]:
+        """What a required or named call forces after <|assistant|>: the call token (and the function's name)."""
+        if choice == "required" and self.toolset is None:
+            return [self.template.call]
+        if isinstance(choice, tuple):
+            return [self.template.call, *([] if choice[0] == BUILTIN_FUNCTION else self.tok.encode(choice[0] + " "))]
+        return []
+
+    def reply(self, tokens: list[int], finish: str | None, forced: list[int], names: list[str]
+              ) -> tuple[dict[str, Any], str | None]:
+        """A generated call turn -> (message, finish_reason): a `tool_calls` message when it names an offered
+        function and ended at its stop token; otherwise the text as content."""
+        body = [t for t in tokens if t not in self.served.stop_ids]
+        body = body[1:] if body[:1] == [self.template.call] else body
+        text = self.tok.decode(forced[1:] + body)
+        name, args = parse_call(text, names)
+        if finish == "stop" and name in names:
+            call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}}
+            return {"role": "assistant", "content": None, "tool_calls": [call]}, "tool_calls"
+        return {"role": "assistant", "content": text}, finish
+
+    async def builtin_loop(self, req: ChatRequest, ids: list[int], params: GenParams, head: dict[str, Any],
+                           delta: Callable) -> Any:
+        """--tools builtin: every choice runs LaMDA's loop here (calls, results forced in, at most MAX_CALLS per
+        turn); the client gets the final answers only."""
+        import asyncio
+
+        from ..chat import format_results
+        from ..tool_use import MAX_CALLS
+
+        async def one(seed_offset: int) -> tuple[Choice, int]:
+            ctx, generated = list(ids), 0
+            for calls in range(MAX_CALLS + 1):
+                room = self.served.block_size - len(ctx)
+                p = dataclasses.replace(params, max_tokens=min(params.max_tokens, room), logprobs=None,
+                                        seed=None if params.seed is None else params.seed + seed_offset,
+                                        ban_ids=[self.template.call] if calls == MAX_CALLS else ())
+                ch = (await self.engine.acomplete([ctx], p))[0]
+                _raise_engine_error(ch)
+                generated += len(ch.tokens)
+                if ch.tokens[:1] != [self.template.call] or ch.finish_reason != "stop":
+                    return ch, generated
+                query = self.tok.decode([t for t in ch.tokens[1:] if t not in self.served.stop_ids])
+                result = format_results(await asyncio.to_thread(self.toolset, query))
+                ctx += [*ch.tokens, *self.template.tool_result_ids(result)]
+                if len(ctx) >= self.served.block_size:
+                    return Choice(0, finish_reason="length"), generated
+            raise AssertionError("unreachable: the last round cannot call")
+
+        done = await asyncio.gather(*(one(i) for i in range(req.n)))
+        usage = {"prompt_tokens": len(ids), "completion_tokens": sum(g for _, g in done),
+                 "total_tokens": len(ids) + sum(g for _, g in done)}
+        choices = [{"index": i, "message": {"role": "assistant", "content": ch.text}, "logprobs": None,
+                    "finish_reason": ch.finish_reason} for i, (ch, _) in enumerate(done)]
+        if not req.stream:
+            return {**head, "choices": choices, "usage": usage}
+        head = {**head, "object": "chat.completion.chunk"}
+
+        async def events() -> AsyncIterator[str]:
+            for c in choices:
+                for part in (delta(c["index"], {"role": "assistant", "content": ""}),
+                             delta(c["index"], {"content": c["message"]["content"]}),
+                             delta(c["index"], {}, c["finish_reason"])):
+                    yield _sse({**head, "choices": [part]})
+            if req.stream_options and req.stream_options.include_usage:
+                yield _sse({**head, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.served.name, "object": "model", "created": self.created, "owned_by": "gptrecipe",
                 "chat": self.served.chat, "stage": self.served.stage, "max_model_len": self.served.block_size,
-                "max_tokens_limit": self.max_tokens_limit, "feedback": self.feedback is not None}
+                "max_tokens_limit": self.max_tokens_limit, "feedback": self.feedback is not None,
+                "tools": [] if self.toolset is not None else [TOOLSET_FUNCTION],
+                "builtin_tools": self.toolset is not None}
 
     async def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self.model_card()]}
@@ -482,14 +646,15 @@ def _raise_engine_error(ch: Choice | Event) -> None:
 def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None = None, api_key: str | None = None,
                feedback: str | Path | None = None, device: str = "auto", dtype: str | None = None,
                chat: bool | None = None, max_rows: int = 32, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-               max_body_bytes: int = MAX_BODY_BYTES, compile: bool = False) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, compile: bool = False, toolset=None) -> FastAPI:
     """The FastAPI app serving a checkpoint (or an already loaded ServedModel). `app.state.engine` is the
-    engine (started with the app, closed at shutdown); `compile`: the engine decodes through compiled steps."""
+    engine (started with the app, closed at shutdown); `compile`: the engine decodes through compiled steps;
+    `toolset`: run LaMDA's tool loop server-side (`--tools builtin`) instead of returning tool calls."""
     served = checkpoint if isinstance(checkpoint, ServedModel) else load_served(
         checkpoint, device=device, dtype=dtype, chat=chat, name=model_name)
     engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows, compile=compile)
     srv = _Server(served, engine, max_tokens_limit=max_tokens_limit,
-                  feedback=FeedbackLog(feedback) if feedback else None)
+                  feedback=FeedbackLog(feedback) if feedback else None, toolset=toolset)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

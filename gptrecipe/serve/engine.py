@@ -68,10 +68,11 @@ class GenParams:
     logprobs: int | None = None  # None: none; k: each generated token's log-probability and the top k
     prompt_logprobs: bool = False  # echo: each prompt token's log-probability (the first has none)
     stop_ids: Sequence[int] | None = None  # None: the engine's stop tokens
+    ban_ids: Sequence[int] = ()  # tokens never drawn (the tool call token once a turn's call cap is reached)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(max_new_tokens=self.max_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, seed=self.seed, stop=list(self.stop))
+                              top_p=self.top_p, seed=self.seed, stop=list(self.stop), ban_ids=list(self.ban_ids))
 
 
 @dataclass
@@ -481,7 +482,8 @@ class Engine:
             if row.generator is not None and row.cfg.temperature > 0:
                 out[i] = sample_next(logits[i: i + 1], row.cfg, row.generator)[0]
             else:
-                key = (row.cfg.temperature, row.cfg.top_k, row.cfg.top_p) if row.cfg.temperature > 0 else (0,)
+                key = ((row.cfg.temperature, row.cfg.top_k, row.cfg.top_p) if row.cfg.temperature > 0 else (0,),
+                       tuple(row.cfg.ban_ids))
                 groups.setdefault(key, []).append(i)
         for idx in groups.values():
             cfg = self._rows[idx[0]].cfg

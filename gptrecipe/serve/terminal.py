@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..chat import Message
+from ..chat import Message, to_openai
 from .engine import Engine, GenParams
 from .served import ServedModel
 
@@ -27,8 +27,9 @@ class TerminalChat:
     """The conversation and the REPL around it; `stdin`/`stdout` may be any text streams (tests)."""
 
     def __init__(self, served: ServedModel, engine: Engine, params: GenParams, *, system: str | None = None,
-                 stdin: TextIO | None = None, stdout: TextIO | None = None):
+                 stdin: TextIO | None = None, stdout: TextIO | None = None, toolset=None, max_calls: int = 3):
         self.served, self.engine, self.params = served, engine, params
+        self.toolset, self.max_calls = toolset, max_calls
         self.system = system or ""
         self.messages: list[Message] = []
         self.stdin, self.out = stdin or sys.stdin, stdout or sys.stdout
@@ -59,6 +60,8 @@ class TerminalChat:
             self.messages.pop()
             self.say(f"(that message is too long for the {self.served.block_size}-token context)")
             return ""
+        if self.toolset is not None:
+            return self.reply_with_tools()
         pieces: list[str] = []
         stream = self.engine.stream([ids], self.params)
         try:
@@ -77,8 +80,30 @@ class TerminalChat:
         self.messages.append(Message("assistant", reply))
         return reply
 
+    def reply_with_tools(self) -> str:
+        """The reply through LaMDA's loop (the decoding core's tool loop): calls and results are shown and kept in
+        the conversation (the results as tool segments)."""
+        from ..tool_use import answer_with_tools
+
+        def show_call(row: int, query: str, result: str) -> None:
+            self.out.write(f"[TS, {query}]\n[toolset: {result}]\n")
+            self.out.flush()
+
+        def show(row: int, piece: str) -> None:
+            self.out.write(piece)
+            self.out.flush()
+
+        turn = answer_with_tools(self.served.model, self.served.tokenizer, [self.conversation()],
+                                 self.params.sampling(), self.toolset, max_calls=self.max_calls, on_text=show,
+                                 on_call=show_call)[0]
+        self.out.write("\n" + ("(call cap reached)\n" if turn.capped else ""))
+        for query, result in turn.calls:
+            self.messages += [Message("assistant", query, "toolset"), Message("tool", result)]
+        self.messages.append(Message("assistant", turn.text))
+        return turn.text
+
     def save(self, path: str) -> None:
-        msgs = [{"role": m.role, "content": m.content} for m in self.conversation()]
+        msgs = [to_openai(m, i) for i, m in enumerate(self.conversation())]
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         Path(path).expanduser().write_text(json.dumps({"messages": msgs}, ensure_ascii=False, indent=2) + "\n")
         self.say(f"(saved {len(msgs)} messages to {path})")
@@ -151,7 +176,8 @@ class TerminalChat:
 
 
 def chat(served: ServedModel, params: GenParams, *, system: str | None = None, stdin: TextIO | None = None,
-         stdout: TextIO | None = None) -> int:
-    """Run the terminal chat until the user exits; returns the exit code."""
+         stdout: TextIO | None = None, toolset=None, max_calls: int = 3) -> int:
+    """Run the terminal chat until the user exits; returns the exit code. With a `toolset`, LaMDA's loop."""
     with Engine(served.model, served.tokenizer, stop_ids=served.stop_ids) as engine:
-        return TerminalChat(served, engine, params, system=system, stdin=stdin, stdout=stdout).run()
+        return TerminalChat(served, engine, params, system=system, stdin=stdin, stdout=stdout, toolset=toolset,
+                            max_calls=max_calls).run()
