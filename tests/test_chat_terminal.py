@@ -99,7 +99,7 @@ def test_long_conversations_drop_the_oldest_turns(ckpt):
 
 
 def test_cli_chat_subprocess_eof_and_sigint(ckpt, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "gptrecipe", "chat", str(ckpt[0]), "-t", "0", "-n", "6", "--device", "cpu"]
     out_file = tmp_path / "conv.json"
     proc = subprocess.run(cmd, input=f"Hello!\n/save {out_file}\n", capture_output=True, text=True, env=env,
@@ -115,7 +115,12 @@ def test_cli_chat_subprocess_eof_and_sigint(ckpt, tmp_path):
         while "you> " not in seen and time.monotonic() < deadline:
             seen += p.stdout.read(1)
         p.send_signal(signal.SIGINT)
-        rc = p.wait(timeout=30)
+        try:
+            rc = p.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: faulthandler (PYTHONFAULTHANDLER) prints every thread's stack
+            p.send_signal(signal.SIGABRT)
+            p.wait(timeout=30)
+            raise AssertionError(f"no exit 60 s after Ctrl-C (saw {seen!r}); its threads:\n{p.stderr.read()}") from None
         err = p.stderr.read()
     finally:
         p.kill()
