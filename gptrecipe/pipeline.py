@@ -171,10 +171,11 @@ def run_pipeline(job: PipelineConfig | None = None, *, log=print) -> Path:
                                                   *ape_settings(job, root, cfg.run_dir)]), log=log)
         timings.append({"stage": "automatic prompt engineering", "seconds": round(time.perf_counter() - t, 1)})
 
-    log("== stage 5/7: supervised fine-tuning for chat (dialogues, and tool-use conversations)")
     t = time.perf_counter()
     sft_cfg = load_sft_config(job.sft_preset, [f"init={cfg.run_dir}", "name=sft", f"out_dir={root}",
                                                *job.sft_overrides])
+    log("== stage 5/7: supervised fine-tuning for chat (dialogues"
+        + (f" and {sft_cfg.tool_conversations} tool-use conversations)" if sft_cfg.tool_conversations else ")"))
     sft_result = sft(sft_cfg, resume=job.resume, log=log)
     timings.append({"stage": "sft", "seconds": round(time.perf_counter() - t, 1)})
 
