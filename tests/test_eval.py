@@ -22,7 +22,7 @@ from gptrecipe.evaluate.harness import (
     normalize_answer,
     normalized_match,
 )
-from gptrecipe.evaluate.lm_metrics import corpus_metrics
+from gptrecipe.evaluate.lm_metrics import corpus_metrics, induction_score
 from gptrecipe.evaluate.openai_backend import EndpointError, OpenAIBackend
 from gptrecipe.evaluate.prompts import (
     ASSISTANT_TEMPLATE,
@@ -441,3 +441,29 @@ def test_cli_eval(small_tok, tmp_path, capsys):
     assert "Accuracy vs K" in (tmp_path / "eval" / "report.md").read_text()
     assert main(["eval", f"out_dir={tmp_path}"]) == 2  # neither a checkpoint nor an endpoint: a clear error
     assert "give a checkpoint" in capsys.readouterr().err
+
+
+class Copier(nn.Module):
+    """A perfect induction head for sequences of `length` tokens after <|endoftext|>, repeated once: at position p
+    it predicts the token that followed the current token's first occurrence, the input at p + 1 - length."""
+
+    def __init__(self, length: int, vocab: int = 257):
+        super().__init__()
+        self.config = SimpleNamespace(block_size=64)
+        self.length, self.vocab, self.w = length, vocab, nn.Parameter(torch.zeros(1))
+
+    def forward(self, idx):
+        back = torch.full_like(idx, 256)
+        back[:, self.length:] = idx[:, 1: idx.size(1) - self.length + 1]  # position p predicts idx[p + 1 - length]
+        return torch.nn.functional.one_hot(back, self.vocab).float(), None
+
+
+def test_induction_score_is_one_for_a_copier_and_zero_without_copying(byte_tok):
+    assert induction_score(Copier(15), byte_tok) == 1.0
+    constant = Copier(15)
+    constant.forward = lambda idx: (torch.nn.functional.one_hot(torch.full_like(idx, 256), 257).float(), None)
+    assert induction_score(constant, byte_tok) == 0.0  # <|endoftext|> is never in the sequences
+    torch.manual_seed(0)
+    model = GPT(tiny_config())
+    a, b = induction_score(model, byte_tok, seed=3), induction_score(model, byte_tok, seed=3)
+    assert a == b and 0.0 <= a <= 1.0 and model.training  # seeded; the model's mode is restored

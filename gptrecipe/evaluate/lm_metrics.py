@@ -70,3 +70,24 @@ def corpus_metrics(model: torch.nn.Module, tok, source: str, *, split: str = "va
     return {"corpus": name, "source": source, "split": split, "tokens": total_tokens, "bytes": total_bytes,
             "loss": loss, "perplexity": math.exp(loss),
             "bits_per_byte": total_nats / math.log(2) / total_bytes if total_bytes else float("nan")}
+
+
+@torch.no_grad()
+def induction_score(model: torch.nn.Module, tok, *, sequences: int = 64, length: int = 15, seed: int = 0) -> float:
+    """Copying from the context, the skill of induction heads (Olsson et al. 2022): `sequences` random sequences of
+    `length` ordinary tokens, each after <|endoftext|> and repeated once; the share of the second copy's tokens after
+    its first that the model predicts greedily. Near 0 without induction heads (the model cannot copy what a tool
+    returns, or an operand of a question), near 1 with them."""
+    length = min(length, (model.config.block_size - 1) // 2)
+    ordinary = torch.from_numpy(np.flatnonzero(token_byte_lengths(tok) > 0))
+    g = torch.Generator().manual_seed(seed)
+    x = ordinary[torch.randint(len(ordinary), (sequences, length), generator=g)]
+    ids = torch.cat([torch.full((sequences, 1), tok.eot_id), x, x], 1)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits = model(ids[:, :-1].to(device))[0]
+    model.train(was_training)
+    # position p predicts ids[p + 1]; the second copy's tokens 2..length are ids[length + 2:]
+    pred = logits[:, length + 1:].argmax(-1).cpu()
+    return float((pred == ids[:, length + 2:]).float().mean())

@@ -20,7 +20,7 @@ from ..report import md_table, save_figure, write_markdown
 from ..runtime import pick_device
 from ..tokenizer import Tokenizer
 from .harness import LocalBackend, TaskScore, curve, evaluate_tasks
-from .lm_metrics import corpus_metrics
+from .lm_metrics import corpus_metrics, induction_score
 from .openai_backend import OpenAIBackend
 from .synthetic import SyntheticConfig, builtin_tasks
 from .tasks import Task, load_task_files
@@ -116,20 +116,23 @@ def run_eval(cfg: EvalConfig, *, mixture: DataConfig | None = None, log=print) -
                                    val_fraction=mixture.val_fraction, max_tokens=cfg.corpus_max_tokens,
                                    batch_size=cfg.batch_size, cache_dir=mixture.cache_dir, progress=cfg.progress)
                     for c in (mixture.corpora if mixture is not None else [])]
+    induction = induction_score(model, tok) if model is not None else None
     rows, groups = curve(scores), curve(scores, by_group=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.toml").write_text(dump_toml(cfg))
     (cfg.run_dir / "results.json").write_text(json.dumps(
         {"model": backend.name, "config": to_dict(cfg), "curve": rows, "groups": groups,
-         "tasks": [s.row() for s in scores], "corpora": corpora}, indent=1))
+         "tasks": [s.row() for s in scores], "corpora": corpora, "induction": induction}, indent=1))
     png = plot_icl(rows, groups, cfg.run_dir / "icl.png", title=f"in-context learning: {backend.name}") \
         if rows else None
-    report = write_eval_report(cfg, backend.name, scores, rows, groups, corpora, png)
+    report = write_eval_report(cfg, backend.name, scores, rows, groups, corpora, png, induction)
     for r in rows:
         log(f"K={r['k']}: accuracy {r['score']:.3f} (chance {r['chance']:.3f}, mean examples shown {r['k_mean']:.2f})")
     for c in corpora:
         log(f"{c['corpus']} ({c['split']}): loss {c['loss']:.4f}, perplexity {c['perplexity']:.2f}, "
             f"bits/byte {c['bits_per_byte']:.4f}")
+    if induction is not None:
+        log(f"copying from the context (induction): {induction:.3f} of a repeated random sequence's tokens")
     return EvalResult(scores, rows, groups, corpora, report, png)
 
 
@@ -165,7 +168,8 @@ def icl_table(rows: list[dict]) -> str:
 
 
 def write_eval_report(cfg: EvalConfig, model_name: str, scores: list[TaskScore], rows: list[dict],
-                      groups: list[dict], corpora: list[dict], png: Path | None) -> Path:
+                      groups: list[dict], corpora: list[dict], png: Path | None,
+                      induction: float | None = None) -> Path:
     syn = cfg.synthetic
     synthetic = (f"; synthetic tasks: {syn.tasks_per_family} per family of {', '.join(syn.families)}, "
                  f"{syn.test_items} queries each, {syn.choices} choices, distractors `{syn.distractors}`"
@@ -182,6 +186,11 @@ def write_eval_report(cfg: EvalConfig, model_name: str, scores: list[TaskScore],
     if corpora:
         sections.append(("Language modeling", md_table(corpora, ["corpus", "split", "tokens", "bytes", "loss",
                                                                  "perplexity", "bits_per_byte"])))
+    if induction is not None:
+        sections.append(("Copying from the context", f"Induction score {induction:.3f}: the share of a repeated random "
+                         "token sequence's second copy (after its first token) the model predicts greedily, 64 "
+                         "sequences of 15 tokens. Near 0 without induction heads: such a model cannot copy an "
+                         "operand into a tool query or a tool's result into its answer.\n"))
     return write_markdown(cfg.run_dir / "report.md", f"Evaluation `{cfg.name}`", sections)
 
 
