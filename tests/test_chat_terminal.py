@@ -108,7 +108,14 @@ def test_cli_chat_subprocess_eof_and_sigint(ckpt, tmp_path):
     assert "Traceback" not in proc.stderr and "assistant> " in proc.stdout
     assert [m["role"] for m in json.loads(out_file.read_text())["messages"]] == ["user", "assistant"]
     # Ctrl-C while it waits for input: a clean exit, no traceback
-    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # the child must take Ctrl-C as a user's terminal would: a runner that started us with SIGINT ignored (a shell's
+    # background job does that) would hand the child an ignored SIGINT, and Python then installs no handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         seen = ""
         deadline = time.monotonic() + 60
