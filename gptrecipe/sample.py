@@ -94,7 +94,7 @@ _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
     """`step(tokens (B, 1), cache) -> (B, V)` logits of one decode step, compiled with torch.compile (once per
     model; one graph per batch size and cache length, which inductor also caches on disk for later processes).
-    On CPU the weights are frozen into the graph (oneDNN prepacks them): the model must not change afterwards,
+    On CPU the weights are frozen into the graph (and its GEMMs autotuned): the model must not change afterwards,
     so training loops (PPO rollouts) decode eagerly. The serving engine's buckets (rows x columns) can make
     more graphs than dynamo's default limit of 8, after which it would silently run eagerly: the limit is raised."""
     step = _COMPILED.get(model)
@@ -103,11 +103,18 @@ def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], 
             return model.lm_head(model.hidden_states(tokens, cache))[:, -1]
 
         compiled = torch.compile(decode, dynamic=False)
-        freeze = next(model.parameters()).device.type == "cpu"
+        cpu = next(model.parameters()).device.type == "cpu"
+        # On CPU: weights frozen into the graph, and the matmuls autotuned between ATen (MKL / oneDNN) and
+        # inductor's own C++ GEMM template, whose kernels are built for these exact shapes. A decode step is a
+        # few-row GEMM over every weight, i.e. a read of all the weights: MKL's row-dot-product GEMV read them at
+        # ~11 GB/s on a 2-core Zen 3 (one thread's worth), the template at ~2x that (bench/RESULTS.md). The cost
+        # is compile time (tens of seconds per shape the first time; inductor caches the choices on disk).
+        inductor = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {}
 
         def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
-            # inductor reads `freezing` when it compiles (the first call of each shape); inference mode lets it
-            with (torch.inference_mode(), torch._inductor.config.patch(freezing=freeze),
+            # inductor reads its config when it compiles (the first call of each shape); inference mode lets it
+            # freeze the weights
+            with (torch.inference_mode(), torch._inductor.config.patch(**inductor),
                   torch._dynamo.config.patch(recompile_limit=64)):
                 return compiled(tokens, cache)
 
@@ -145,14 +152,20 @@ def generate_ids(model: GPT, prompts: Sequence[Sequence[int]], cfg: SamplingConf
     budget = min(cfg.max_new_tokens, block - longest)
     cache = model.new_cache(len(prompts), max_len=longest + budget, pad=pads)
     logits = model.lm_head(model.hidden_states(ids, cache)[:, -1])  # the prompt's last position only
-    static = (StaticKVCache.of(cache, bucket(longest + budget, block), model.config)
+    # the static cache grows through power-of-two column buckets (a graph each): a step attends over the
+    # columns of its bucket, not of the longest row's final length
+    limit = bucket(longest + budget, block)
+    static = (StaticKVCache.of(cache, bucket(longest + 1, limit), model.config)
               if compile and can_compile(model) else None)
     step = compiled_decode_step(model) if static is not None else None
+    rows = list(range(len(prompts)))
     for i in range(budget):
         nxt = sample_next(logits, cfg, generator)
         yield nxt
         if i + 1 < budget:
             if static is not None:
+                if longest + i >= static.max_len:
+                    static = static.resized(model.config, rows, len(rows), bucket(longest + i + 1, limit))
                 static.step_to(longest + i)
                 logits = step(nxt[:, None], static)
             else:

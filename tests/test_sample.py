@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from gptrecipe.model import GPT
 from gptrecipe.sample import (
     PromptTooLongError,
     RowDecoder,
@@ -13,6 +14,7 @@ from gptrecipe.sample import (
     generate_rows,
     stream_to_terminal,
 )
+from tests.conftest import tiny_config
 
 
 def test_top_k_keeps_exactly_k():
@@ -160,6 +162,13 @@ def test_compiled_decode_gives_the_eager_tokens_greedy_and_seeded(tiny_model):
         eager = torch.stack(list(generate_ids(tiny_model, prompts, cfg)), 1)
         compiled = torch.stack(list(generate_ids(tiny_model, prompts, cfg, compile=True)), 1)
         assert torch.equal(eager, compiled)
+    # a generation that outgrows its first column bucket (64) moves its rows into the next one (128)
+    torch.manual_seed(0)
+    longer = GPT(tiny_config(block_size=160)).eval()
+    prompts = [list(range(3, 43)), [7, 8]]
+    cfg = SamplingConfig(max_new_tokens=60, temperature=0)
+    eager = torch.stack(list(generate_ids(longer, prompts, cfg)), 1)
+    assert torch.equal(eager, torch.stack(list(generate_ids(longer, prompts, cfg, compile=True)), 1))
     # one step's logits against the eager cached forward
     ids = torch.tensor([[0, 0, 5, 17], [1, 2, 3, 4]])
     pads = torch.tensor([2, 0])
