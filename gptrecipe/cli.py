@@ -104,8 +104,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--compile", action="store_true",
-                   help="decode through a torch.compile'd step with a static KV cache: ~1.7x the tokens/s on CPU, "
-                   "but compiling takes 10-20 s per batch size and cache length (cached on disk by inductor): "
+                   help="decode through a torch.compile'd step with a static KV cache: 1.8-2.5x the tokens/s on "
+                   "CPU, but compiling takes 20-60 s per batch size and cache length the first time (its GEMMs are "
+                   "autotuned; inductor caches it on disk): "
                    "worth it for long or repeated generation, not one short sample (default: eager)")
     p.add_argument("--assistant", action="store_true",
                    help="frame the prompt as the next turn of a transcript between a human and a helpful AI "

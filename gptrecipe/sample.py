@@ -91,13 +91,15 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
+def compiled_decode_step(model: GPT, autotune: bool = True) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
     """`step(tokens (B, 1), cache) -> (B, V)` logits of one decode step, compiled with torch.compile (once per
     model; one graph per batch size and cache length, which inductor also caches on disk for later processes).
     On CPU the weights are frozen into the graph (and its GEMMs autotuned): the model must not change afterwards,
     so training loops (PPO rollouts) decode eagerly. The serving engine's buckets (rows x columns) can make
-    more graphs than dynamo's default limit of 8, after which it would silently run eagerly: the limit is raised."""
-    step = _COMPILED.get(model)
+    more graphs than dynamo's default limit of 8, after which it would silently run eagerly: the limit is raised.
+    `autotune=False` skips the GEMM autotuning (CPU): for the serving engine, whose many buckets would each stall
+    every stream while it compiles."""
+    step = _COMPILED.get(model, {}).get(autotune)
     if step is None:
         def decode(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             return model.lm_head(model.hidden_states(tokens, cache))[:, -1]
@@ -109,7 +111,8 @@ def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], 
         # few-row GEMM over every weight, i.e. a read of all the weights: MKL's row-dot-product GEMV read them at
         # ~11 GB/s on a 2-core Zen 3 (one thread's worth), the template at ~2x that (bench/RESULTS.md). The cost
         # is compile time (tens of seconds per shape the first time; inductor caches the choices on disk).
-        inductor = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"} if cpu else {}
+        inductor = ({"freezing": True} | ({"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+                                          if autotune else {})) if cpu else {}
 
         def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             # inductor reads its config when it compiles (the first call of each shape); inference mode lets it
@@ -118,7 +121,7 @@ def compiled_decode_step(model: GPT) -> Callable[[torch.Tensor, StaticKVCache], 
                   torch._dynamo.config.patch(recompile_limit=64)):
                 return compiled(tokens, cache)
 
-        _COMPILED[model] = step
+        _COMPILED.setdefault(model, {})[autotune] = step
     return step
 
 

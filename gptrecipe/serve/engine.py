@@ -219,7 +219,7 @@ class Engine:
         self._logits: torch.Tensor | None = None  # (rows, V): the next token's logits of every running row
         self.compile = compile and can_compile(model)
         self._static: StaticKVCache | None = None  # compiled decoding: the running rows' slots
-        self._decode = compiled_decode_step(model) if self.compile else None
+        self._decode = compiled_decode_step(model, autotune=False) if self.compile else None
 
     def start(self) -> Engine:
         if self._thread is None:
