@@ -111,8 +111,9 @@ def compiled_decode_step(model: GPT, autotune: bool = True) -> Callable[[torch.T
         # few-row GEMM over every weight, i.e. a read of all the weights: MKL's row-dot-product GEMV read them at
         # ~11 GB/s on a 2-core Zen 3 (one thread's worth), the template at ~2x that (bench/RESULTS.md). The cost
         # is compile time (tens of seconds per shape the first time; inductor caches the choices on disk).
-        inductor = ({"freezing": True} | ({"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
-                                          if autotune else {})) if cpu else {}
+        inductor: dict = {"freezing": True} if cpu else {}
+        if cpu and autotune:
+            inductor |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
         def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             # inductor reads its config when it compiles (the first call of each shape); inference mode lets it
