@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from gptrecipe.checkpoint import CheckpointMeta, save_checkpoint
 from gptrecipe.model import GPT, GPTConfig
 from gptrecipe.runtime import pick_dtype
 from gptrecipe.sample import SamplingConfig, generate_ids
-from gptrecipe.serve.engine import Engine, GenParams
+from gptrecipe.serve.engine import Engine, GenParams, leave_threads_to_engine
 
 
 def hf_copy(model: GPT):
@@ -89,6 +90,29 @@ def run_hf(hf, prompts: torch.Tensor, new: int) -> list[list[int]]:
 
 
 HF_FP32 = "HF `generate` fp32 (GPT2LMHeadModel)"
+THREADS = 0  # torch threads of each measurement (the main thread keeps one: see `leave_threads_to_engine`)
+
+
+def timed_in_thread(fn, *args) -> tuple[float, object]:
+    """(seconds, result) of fn(*args) in a thread of its own with all the torch threads, which exits afterwards.
+    Every implementation runs this way (the engine in its own thread): with GNU OpenMP, a second thread that has
+    used its own team of workers (here: the main thread) makes every parallel region of the measured thread pay
+    a wake-up once there are more workers than CPUs (3-6x slower compiled decoding on 2 cores; measured)."""
+    out: list = []
+
+    def run() -> None:
+        torch.set_num_threads(THREADS)
+        with torch.no_grad():
+            t = time.perf_counter()
+            result = fn(*args)
+            out.extend([time.perf_counter() - t, result])
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+    if not out:
+        raise RuntimeError("the measured function failed (traceback above)")
+    return out[0], out[1]
 
 
 def bench_generation(model: GPT, tok, args) -> list[dict]:
@@ -116,22 +140,18 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
     rows = []
     for batch in args.batches:
         prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
-        with torch.no_grad():
-            outs = {n: fn(prompts) for n, fn, _ in runners}  # warm-up (and compilation), the correctness check
+        # warm-up (and compilation), the correctness check
+        outs = {n: timed_in_thread(fn, prompts)[1] for n, fn, _ in runners}
         times = {n: [] for n, *_ in runners}
         for _ in range(args.repeats):  # alternating
             for n, fn, _ in runners:
-                t = time.perf_counter()
-                with torch.no_grad():
-                    fn(prompts)
-                times[n].append(time.perf_counter() - t)
-        # the engine decodes in its own thread, measured apart: while that thread lives, torch work in this one
-        # runs ~2x slower on 2 cores (two OpenMP thread teams; measured), which would bias the alternation
+                times[n].append(timed_in_thread(fn, prompts)[0])
+        # the engines are measured apart: while an engine's thread lives, torch work in another thread is slowed
+        # (two OpenMP teams on 2 cores, see timed_in_thread), which would bias the alternation
         for engine_name, compiled in engine_names.items():
             if args.only and not re.search(args.only, engine_name):
                 continue
-            time.sleep(1.0)  # let this thread's OpenMP workers stop spinning
-            with Engine(fast, tok, stop_ids=[], max_rows=64, compile=compiled) as engine:
+            with Engine(fast, tok, stop_ids=[], max_rows=64, compile=compiled, threads=THREADS) as engine:
                 outs[engine_name] = run_engine(engine, prompts, args.new_tokens)  # warm-up (and compilation)
                 times[engine_name] = []
                 for _ in range(args.repeats):
@@ -216,7 +236,7 @@ def bench_server(ckpt: Path, args, compiled: bool = False) -> list[dict]:
     try:
         import urllib.request
 
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (900 if compiled else 120)  # --compile compiles before it listens
         while True:
             try:
                 urllib.request.urlopen(url + "/health", timeout=2).read()
@@ -233,8 +253,6 @@ def bench_server(ckpt: Path, args, compiled: bool = False) -> list[dict]:
         mode = "compiled" if compiled else "eager"
         for clients in args.clients:
             each = max(1, args.server_requests // clients)
-            if compiled:  # compile the buckets this level uses before measuring it
-                asyncio.run(load_level(url + "/v1/completions", clients, 1, body))
             cpu0 = cpu_seconds(server.pid)
             row = asyncio.run(load_level(url + "/v1/completions", clients, each, body))
             row["mode"] = mode
@@ -280,13 +298,14 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", help="ours (and the server's) weights: auto (bf16 where native), fp32")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    global THREADS
+    THREADS = args.threads or torch.get_num_threads()
+    leave_threads_to_engine()  # this thread: one; every measurement: THREADS (see timed_in_thread)
     from gptrecipe.config import load_config
 
     cfg = load_config(GPTConfig, "models", args.model)
     print(f"model {args.model}: {cfg.n_layer}L/{cfg.n_head}H/d{cfg.n_embd}/T{cfg.block_size}/V{cfg.vocab_size}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
+          f"torch {torch.__version__}, {THREADS} threads, {os.cpu_count()} CPUs", flush=True)
     tok = trained_tokenizer(cfg.vocab_size)
     cfg.vocab_size = max(cfg.vocab_size, tok.vocab_size)
     torch.manual_seed(0)

@@ -496,10 +496,11 @@ def _add_chat(sub) -> None:
 
 
 def _run_chat(args) -> int:
-    from .serve.engine import GenParams
+    from .serve.engine import GenParams, leave_threads_to_engine
     from .serve.served import load_served
     from .serve.terminal import chat
 
+    threads = leave_threads_to_engine()
     served = load_served(args.checkpoint, device=args.device, dtype=args.dtype,
                          chat=True if args.chat_template else None)
     if not served.chat:
@@ -512,7 +513,7 @@ def _run_chat(args) -> int:
         from .tool_use import chat_toolset
 
         toolset = chat_toolset(args.tool_docs, args.tool_dictionary)
-    return chat(served, params, system=args.system, toolset=toolset, max_calls=args.max_calls)
+    return chat(served, params, system=args.system, toolset=toolset, max_calls=args.max_calls, threads=threads)
 
 
 def _add_serve(sub) -> None:
@@ -540,11 +541,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     p.add_argument("--compile", action="store_true",
-                   help="decode through a torch.compile'd step over a static KV cache whose shape moves between "
-                   "buckets (rows: powers of two up to --max-batch; columns: powers of two up to the context), so "
-                   "continuous batching keeps working; each bucket compiles the first time it is needed (seconds "
-                   "to tens of seconds on CPU; inductor caches it on disk): for a server that runs a while "
-                   "(default: eager, which starts answering at once)")
+                   help="decode through a torch.compile'd step over a static KV cache (one graph for every batch "
+                   "size and cache length, its GEMMs autotuned), compiled before the server accepts requests: about "
+                   "a minute on a 2-core CPU the first time, less once inductor has cached it on disk; then ~2x the "
+                   "eager tokens/s with many clients (bench/RESULTS.md) (default: eager, which starts at once)")
     p.add_argument("--tools", choices=["client", "builtin"], default="client",
                    help="client (default): OpenAI tool calling, the client runs the tools (the builtin toolset is "
                    "the function 'toolset' in the model card); builtin: the server runs LaMDA's toolset loop itself "
@@ -571,7 +571,9 @@ def _run_serve(args) -> int:
         print(f"wrote a Hugging Face tokenizer folder to {out}")
         return 0
     from .serve.api import serve
+    from .serve.engine import leave_threads_to_engine
 
+    threads = leave_threads_to_engine()
     feedback = None if args.feedback.lower() == "none" else args.feedback
     toolset = None
     if args.tools == "builtin":
@@ -581,7 +583,7 @@ def _run_serve(args) -> int:
     serve(args.checkpoint, toolset=toolset,
           host=args.host, port=args.port, api_key=args.api_key or os.environ.get("GPTRECIPE_API_KEY"),
           model_name=args.model_name, feedback=feedback, device=args.device, dtype=args.dtype, chat=args.chat,
-          max_rows=args.max_batch, compile=args.compile, max_tokens_limit=args.max_tokens_limit)
+          max_rows=args.max_batch, compile=args.compile, max_tokens_limit=args.max_tokens_limit, threads=threads)
     return 0
 
 

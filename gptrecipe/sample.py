@@ -62,12 +62,15 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
-def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig,
+                generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids.
 
     Inverse-CDF sampling: one uniform number per row located in the running sum of the probabilities.
     It draws from exactly the same distribution as `torch.multinomial`, ~30x faster on CPU (multinomial
     draws an exponential variate per vocabulary entry). `right=True` never lands on a zero-mass token.
+    `generator`: one for every row, or a list of one per row (each row's number from its own generator: the
+    token that row would get sampled alone, with the rows' distributions still computed together).
     """
     if cfg.ban_ids:
         logits = logits.index_fill(-1, torch.tensor(cfg.ban_ids, device=logits.device), float("-inf"))
@@ -76,7 +79,10 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     probs = F.softmax(filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p), dim=-1)
     cdf = probs.cumsum(-1)
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, device=total.device) * total
+    if isinstance(generator, Sequence):
+        u = torch.cat([torch.rand((1, 1), generator=g, device=total.device) for g in generator]) * total
+    else:
+        u = torch.rand(total.shape, generator=generator, device=total.device) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # keep u < total after rounding
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=logits.size(-1) - 1)
 
@@ -91,38 +97,49 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def compiled_decode_step(model: GPT, autotune: bool = True) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
+def compiled_decode_step(model: GPT, autotune: bool = True,
+                         dynamic: bool = False) -> Callable[[torch.Tensor, StaticKVCache], torch.Tensor]:
     """`step(tokens (B, 1), cache) -> (B, V)` logits of one decode step, compiled with torch.compile (once per
-    model; one graph per batch size and cache length, which inductor also caches on disk for later processes).
-    On CPU the weights are frozen into the graph (and its GEMMs autotuned): the model must not change afterwards,
-    so training loops (PPO rollouts) decode eagerly. The serving engine's buckets (rows x columns) can make
-    more graphs than dynamo's default limit of 8, after which it would silently run eagerly: the limit is raised.
-    `autotune=False` skips the GEMM autotuning (CPU): for the serving engine, whose many buckets would each stall
-    every stream while it compiles."""
-    step = _COMPILED.get(model, {}).get(autotune)
+    model and mode). On CPU the weights are frozen into the graph (and its GEMMs autotuned): the model must not
+    change afterwards, so training loops (PPO rollouts) decode eagerly.
+
+    `dynamic=False` (the sampler): one graph per batch size and cache length, each fitted to its exact shape
+    (inductor caches them on disk for later processes). `dynamic=True` (the serving engine): one graph for every
+    row count >= 2 and every cache length, so rows joining and leaving and the cache growing never compile again
+    and the engine can compile its one graph before it accepts requests; a step is as fast as the exact-shape
+    graph's (bench/RESULTS.md). The cache must then have at least 2 rows and 2 columns (a dimension of size 1
+    would get a graph of its own). `autotune=False` skips the GEMM autotuning (CPU): a faster first compile."""
+    step = _COMPILED.get(model, {}).get((autotune, dynamic))
     if step is None:
         def decode(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
             return model.lm_head(model.hidden_states(tokens, cache))[:, -1]
 
-        compiled = torch.compile(decode, dynamic=False)
+        # dynamic=None: the dimensions marked below are symbolic, every other one is specialized
+        compiled = torch.compile(decode, dynamic=None if dynamic else False)
         cpu = next(model.parameters()).device.type == "cpu"
         # On CPU: weights frozen into the graph, and the matmuls autotuned between ATen (MKL / oneDNN) and
-        # inductor's own C++ GEMM template, whose kernels are built for these exact shapes. A decode step is a
+        # inductor's own C++ GEMM template, whose kernels are built for these shapes. A decode step is a
         # few-row GEMM over every weight, i.e. a read of all the weights: MKL's row-dot-product GEMV read them at
         # ~11 GB/s on a 2-core Zen 3 (one thread's worth), the template at ~2x that (bench/RESULTS.md). The cost
-        # is compile time (tens of seconds per shape the first time; inductor caches the choices on disk).
+        # is compile time (tens of seconds per graph the first time; inductor caches the choices on disk).
         inductor: dict = {"freezing": True} if cpu else {}
         if cpu and autotune:
             inductor |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
         def step(tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+            if dynamic:  # rows (dim 0 of everything per row) and columns (keys and values, the mask)
+                for t in (tokens, *cache.k, *cache.v, cache.pad, cache.col, cache.pos, cache.mask, cache._rows):
+                    torch._dynamo.mark_dynamic(t, 0)
+                for t in (*cache.k, *cache.v):
+                    torch._dynamo.mark_dynamic(t, 2)
+                torch._dynamo.mark_dynamic(cache.mask, 3)
             # inductor reads its config when it compiles (the first call of each shape); inference mode lets it
-            # freeze the weights
+            # freeze the weights. Graphs past dynamo's default limit of 8 would silently run eagerly: raised.
             with (torch.inference_mode(), torch._inductor.config.patch(**inductor),
                   torch._dynamo.config.patch(recompile_limit=64)):
                 return compiled(tokens, cache)
 
-        _COMPILED.setdefault(model, {})[autotune] = step
+        _COMPILED.setdefault(model, {})[(autotune, dynamic)] = step
     return step
 
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from gptrecipe.model import GPT
 from gptrecipe.sample import PromptTooLongError, SamplingConfig, generate
@@ -147,6 +148,8 @@ def test_compiled_engine_gives_each_row_the_sampler_tokens_as_rows_join_grow_and
     long_ = (tok.encode("What is AI? Artificial intelligence is the study. ") * 6)[:50]  # 50 + 40 > 64 columns
     short, joke = tok.encode("Hi"), tok.encode("Tell me a joke")
     with Engine(model, tok, stop_ids=[], compile=True) as engine:
+        compiled = dict(counters["frames"])  # start() compiled the decode step: one graph for every shape below
+        assert compiled.get("ok", 0) >= 1
         q_a: queue.Queue[Event] = queue.Queue()
         engine.submit([long_], GenParams(max_tokens=40, temperature=0), q_a.put)
         a_tokens = list(q_a.get(timeout=120).tokens)  # A is generating alone (1 slot); B, then C's 4 rows join it
@@ -159,6 +162,7 @@ def test_compiled_engine_gives_each_row_the_sampler_tokens_as_rows_join_grow_and
                 break
         later = engine.complete([joke], GenParams(max_tokens=10, temperature=0))  # after the batch emptied
         assert engine._static is None and engine.stats.max_rows >= 5
+        assert dict(counters["frames"]) == compiled  # no compile while serving (rows 2..8, columns 64 and 128)
     assert a_tokens == reference(model, tok, long_, 40).token_ids
     assert b[0].tokens == reference(model, tok, short, 20).token_ids
     assert c[0].tokens == reference(model, tok, short, 12, temperature=1.0, seed=7).token_ids

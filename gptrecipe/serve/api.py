@@ -646,13 +646,16 @@ def _raise_engine_error(ch: Choice | Event) -> None:
 def create_app(checkpoint: str | Path | ServedModel, *, model_name: str | None = None, api_key: str | None = None,
                feedback: str | Path | None = None, device: str = "auto", dtype: str | None = None,
                chat: bool | None = None, max_rows: int = 32, max_tokens_limit: int = MAX_TOKENS_LIMIT,
-               max_body_bytes: int = MAX_BODY_BYTES, compile: bool = False, toolset=None) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, compile: bool = False, toolset=None,
+               threads: int | None = None) -> FastAPI:
     """The FastAPI app serving a checkpoint (or an already loaded ServedModel). `app.state.engine` is the
     engine (started with the app, closed at shutdown); `compile`: the engine decodes through compiled steps;
-    `toolset`: run LaMDA's tool loop server-side (`--tools builtin`) instead of returning tool calls."""
+    `toolset`: run LaMDA's tool loop server-side (`--tools builtin`) instead of returning tool calls; `threads`:
+    the engine thread's torch threads (`gptrecipe serve`: all of them, see `leave_threads_to_engine`)."""
     served = checkpoint if isinstance(checkpoint, ServedModel) else load_served(
         checkpoint, device=device, dtype=dtype, chat=chat, name=model_name)
-    engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows, compile=compile)
+    engine = Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, max_rows=max_rows, compile=compile,
+                    threads=threads)
     srv = _Server(served, engine, max_tokens_limit=max_tokens_limit,
                   feedback=FeedbackLog(feedback) if feedback else None, toolset=toolset)
 

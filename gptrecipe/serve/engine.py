@@ -15,11 +15,12 @@ Sampling and each row's stop / hold-back / budget logic are the ones of `gptreci
 per-token log-probabilities, and the prompt's log-probabilities (echo) from the prefill pass.
 
 `compile=True` decodes through the sampler's compiled step (`compiled_decode_step`) instead: the running rows
-live in the slots of a `StaticKVCache` whose shape moves between a few buckets (rows: powers of two up to
-max_rows; columns: powers of two from 64 up to the context), so joining and leaving rows never change the
-graph's shape; each admitted prompt is prefilled eagerly and copied into a free slot from column 0, each row
-writes its next token at its own column. Every bucket compiles once when it is first needed (seconds; inductor
-caches the work on disk for later processes): it pays for a server, not for one short reply.
+live in the slots of a `StaticKVCache` whose shape moves between a few sizes (rows: powers of two from 2 up to
+max_rows; columns: powers of two from 64 up to the context), so joining and leaving rows rarely copy the cache;
+each admitted prompt is prefilled eagerly and copied into a free slot from column 0, each row writes its next
+token at its own column. The step is one graph with symbolic rows and columns, compiled (GEMMs autotuned) by
+`start` before the engine takes requests: about a minute on a small CPU the first time, less once inductor has
+it on disk; it pays for a server, not for one short reply.
 
     engine = Engine(model, tok, stop_ids=ChatTemplate(tok).stop_ids).start()
     for ev in engine.stream([ids], GenParams(max_tokens=50, temperature=0.7)):
@@ -191,14 +192,29 @@ def _token_logprobs(lp: torch.Tensor, tokens: torch.Tensor, k: int) -> list[Toke
     return [TokenLogprob(t, c, top) for t, c, top in zip(tokens.tolist(), chosen, tops, strict=True)]
 
 
+def leave_threads_to_engine() -> int:
+    """For a process whose main thread does I/O while an `Engine` computes (the server, the terminal chat): call
+    it before loading the model. The main thread keeps one thread for its torch ops; returns the thread count
+    to give the engine (`Engine(threads=...)`).
+
+    Why: PyTorch's CPU thread pool is GNU OpenMP's, which gives each thread that runs a parallel region its own
+    team of workers and, once a process has more such workers than CPUs, stops spinning between regions, so that
+    every region pays a wake-up. Compiled kernels open a region each: the compiled decode step ran 3-6x slower
+    in the engine thread after the main thread had used its team to load the model (bench/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # this thread's; a thread started later gets its own setting (the engine: `threads`)
+    return threads
+
+
 class Engine:
     """A background thread that generates for every submitted request at once (continuous batching)."""
 
     def __init__(self, model: GPT, tokenizer, *, stop_ids: Sequence[int] | None = None, max_rows: int = 32,
-                 compile: bool = False):
+                 compile: bool = False, threads: int | None = None):
         """`stop_ids`: tokens that end a reply by default (chat: <|end|>; base model: <|endoftext|>);
         `max_rows`: the most sequences decoded together (more wait in the queue); `compile`: decode through
-        the compiled static-shape step (models with sparse attention layers decode eagerly)."""
+        the compiled static-shape step (models with sparse attention layers decode eagerly); `threads`: torch
+        threads of the engine thread (default: the creating thread's; see `leave_threads_to_engine`)."""
         self.model = model.eval()
         self.tok = tokenizer
         self.block = model.config.block_size
@@ -208,6 +224,7 @@ class Engine:
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
         self.stats = EngineStats()
+        self.threads = threads or torch.get_num_threads()
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
         self._pending: deque[_Job] = deque()
@@ -219,13 +236,37 @@ class Engine:
         self._logits: torch.Tensor | None = None  # (rows, V): the next token's logits of every running row
         self.compile = compile and can_compile(model)
         self._static: StaticKVCache | None = None  # compiled decoding: the running rows' slots
-        self._decode = compiled_decode_step(model, autotune=False) if self.compile else None
+        self._decode = compiled_decode_step(model, dynamic=True) if self.compile else None
 
     def start(self) -> Engine:
+        """Start the engine thread; with `compile`, first compile the decode step (a minute on a small CPU the
+        first time, seconds once inductor has it on disk), so no request waits for it."""
         if self._thread is None:
+            self._ready = threading.Event()
             self._thread = threading.Thread(target=self._loop, name="gptrecipe-engine", daemon=True)
             self._thread.start()
+            self._ready.wait()
         return self
+
+    def warmup(self) -> None:
+        """Compile the decode step on a dummy batch. Its one graph serves every row count >= 2 and cache length
+        (`compiled_decode_step(dynamic=True)`); the dummy shape is where the GEMMs are autotuned: the most rows,
+        the shortest column bucket (two different sizes, or dynamo would assume rows == columns)."""
+        rows = self._row_bucket(self.max_rows)
+        cols = bucket(1, self.block)
+        if cols == rows:
+            cols = bucket(cols + 1, self.block)
+        log.info("compiling the decode step (%d rows x %d columns; once per process)", rows, cols)
+        with torch.inference_mode():  # as in the engine thread: inference tensors (another graph otherwise)
+            st = StaticKVCache(self.model.config, rows, cols, self.device, self._dtype())
+            st.step_to(0)
+            self._decode(torch.zeros(rows, 1, dtype=torch.long, device=self.device), st)
+
+    @staticmethod
+    def _row_bucket(n: int) -> int:
+        """The static cache's row count for n rows: a power of two, at least 2 (a compiled graph's dynamic
+        dimension must not be 1)."""
+        return max(2, 1 << (n - 1).bit_length())
 
     def close(self) -> None:
         with self._cond:
@@ -365,6 +406,15 @@ class Engine:
     # ---- the engine thread ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        torch.set_num_threads(self.threads)
+        try:  # compiled where it runs: in this thread (inductor fixes each kernel's thread count when it compiles)
+            if self.compile:
+                self.warmup()
+        except Exception:
+            log.exception("compiling the decode step failed; decoding eagerly")
+            self.compile, self._decode = False, None
+        finally:
+            self._ready.set()
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -475,20 +525,19 @@ class Engine:
         self._logits = logits if self._logits is None else torch.cat([self._logits, logits])
 
     def _sample(self, logits: torch.Tensor) -> torch.Tensor:
-        """One token per row, each with its row's parameters (rows that share them are drawn together)."""
+        """One token per row, each with its row's parameters; rows that share them are drawn together, a row with
+        a seed from its own generator (the token it would get alone)."""
         out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(self._rows):
-            if row.generator is not None and row.cfg.temperature > 0:
-                out[i] = sample_next(logits[i: i + 1], row.cfg, row.generator)[0]
-            else:
-                key = ((row.cfg.temperature, row.cfg.top_k, row.cfg.top_p) if row.cfg.temperature > 0 else (0,),
-                       tuple(row.cfg.ban_ids))
-                groups.setdefault(key, []).append(i)
-        for idx in groups.values():
-            cfg = self._rows[idx[0]].cfg
+            cfg = row.cfg
+            seeded = row.generator is not None and cfg.temperature > 0
+            key = (seeded, (cfg.temperature, cfg.top_k, cfg.top_p) if cfg.temperature > 0 else (0,), tuple(cfg.ban_ids))
+            groups.setdefault(key, []).append(i)
+        for (seeded, *_), idx in groups.items():
             sel = torch.tensor(idx, device=logits.device)
-            out[sel] = sample_next(logits[sel], cfg, None)
+            gens = [self._rows[i].generator for i in idx] if seeded else None
+            out[sel] = sample_next(logits[sel], self._rows[idx[0]].cfg, gens)
         return out
 
     def _step(self) -> None:
@@ -540,7 +589,7 @@ class Engine:
         """Make the static cache fit the running rows: more slots or columns when they need them (the next
         bucket), fewer slots when at most a quarter are used; rows keep their place unless it moves."""
         n, longest = len(self._rows), max(r.length for r in self._rows) + 1  # + the column the next token takes
-        rows, cols = 1 << (n - 1).bit_length(), bucket(longest, self.block)
+        rows, cols = self._row_bucket(n), bucket(longest, self.block)
         st = self._static
         if st is not None and st.batch_size >= rows and st.max_len >= cols and n > st.batch_size // 4:
             return

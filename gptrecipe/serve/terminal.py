@@ -176,8 +176,9 @@ class TerminalChat:
 
 
 def chat(served: ServedModel, params: GenParams, *, system: str | None = None, stdin: TextIO | None = None,
-         stdout: TextIO | None = None, toolset=None, max_calls: int = 3) -> int:
-    """Run the terminal chat until the user exits; returns the exit code. With a `toolset`, LaMDA's loop."""
-    with Engine(served.model, served.tokenizer, stop_ids=served.stop_ids) as engine:
+         stdout: TextIO | None = None, toolset=None, max_calls: int = 3, threads: int | None = None) -> int:
+    """Run the terminal chat until the user exits; returns the exit code. With a `toolset`, LaMDA's loop;
+    `threads`: the engine thread's torch threads."""
+    with Engine(served.model, served.tokenizer, stop_ids=served.stop_ids, threads=threads) as engine:
         return TerminalChat(served, engine, params, system=system, stdin=stdin, stdout=stdout, toolset=toolset,
                             max_calls=max_calls).run()
