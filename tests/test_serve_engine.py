@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +172,29 @@ def test_compiled_engine_gives_each_row_the_sampler_tokens_as_rows_join_grow_and
     assert c[0].tokens == reference(model, tok, short, 12, temperature=1.0, seed=7).token_ids
     assert c[2].tokens == reference(model, tok, joke, 12, temperature=1.0, seed=7).token_ids
     assert later[0].tokens == reference(model, tok, joke, 10).token_ids
+
+
+def test_a_serving_process_leaves_the_torch_threads_to_the_engine_thread():
+    """`leave_threads_to_engine` (what `serve` and `chat` call before loading): the main thread keeps one torch
+    thread, the engine thread computes with the rest (a fresh process: the setting is per process)."""
+    code = (
+        "import torch\n"
+        "torch.set_num_threads(2)\n"
+        "from gptrecipe.model import GPT\n"
+        "from gptrecipe.serve.engine import Engine, GenParams, leave_threads_to_engine\n"
+        "from tests.conftest import ByteTokenizer, tiny_config\n"
+        "n = leave_threads_to_engine()\n"
+        "model = GPT(tiny_config()).eval()\n"
+        "seen = []\n"
+        "def sink(ev):\n"
+        "    seen.append((torch.get_num_threads(), ev.finish_reason))\n"
+        "with Engine(model, ByteTokenizer(), stop_ids=[], threads=n) as engine:\n"
+        "    engine.submit([[5, 6]], GenParams(max_tokens=3, temperature=0), sink)\n"
+        "    while not any(f for _, f in seen): pass\n"
+        "print(n, torch.get_num_threads(), sorted({t for t, _ in seen}))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "1", "[2]"]  # the engine thread's events saw 2 threads, the main thread 1
