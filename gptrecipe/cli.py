@@ -543,8 +543,9 @@ def _add_serve(sub) -> None:
     p.add_argument("--compile", action="store_true",
                    help="decode through a torch.compile'd step over a static KV cache (one graph for every batch "
                    "size and cache length, its GEMMs autotuned), compiled before the server accepts requests: about "
-                   "a minute on a 2-core CPU the first time, less once inductor has cached it on disk; then ~2x the "
-                   "eager tokens/s with many clients (bench/RESULTS.md) (default: eager, which starts at once)")
+                   "a minute on a 2-core CPU the first time, less once inductor has cached it on disk; then "
+                   "1.2-1.7x the eager server's tokens/s with 8-32 clients on a 2-core Zen 3 (bench/RESULTS.md) "
+                   "(default: eager, which starts at once)")
     p.add_argument("--tools", choices=["client", "builtin"], default="client",
                    help="client (default): OpenAI tool calling, the client runs the tools (the builtin toolset is "
                    "the function 'toolset' in the model card); builtin: the server runs LaMDA's toolset loop itself "

@@ -240,7 +240,7 @@ class Engine:
 
     def start(self) -> Engine:
         """Start the engine thread; with `compile`, first compile the decode step (a minute on a small CPU the
-        first time, seconds once inductor has it on disk), so no request waits for it."""
+        first time, less once inductor has it on disk), so no request waits for it."""
         if self._thread is None:
             self._ready = threading.Event()
             self._thread = threading.Thread(target=self._loop, name="gptrecipe-engine", daemon=True)
