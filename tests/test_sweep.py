@@ -52,7 +52,7 @@ def tiny_recipe(**over) -> list[str]:
 def test_the_family_keeps_the_recipe_and_the_base_run_is_a_member():
     base = load_pretrain_config("tiny", ["model.vocab_size=4096"])
     own = member(base, base.model.n_embd, tokens_per_param(base))
-    assert (own.steps, own.warmup_steps, own.params) == (700, 50, 4_240_896)
+    assert (own.steps, own.warmup_steps, own.params) == (700, base.train.warmup_steps, 4_240_896)
     lo, hi = own.compute / 300, own.compute / 10
     runs = plan(base, lo, hi, 5)
     assert [m.n_embd for m in runs] == sorted({m.n_embd for m in runs})  # distinct widths, growing
@@ -62,7 +62,7 @@ def test_the_family_keeps_the_recipe_and_the_base_run_is_a_member():
     for m in runs:  # the base run's tokens per parameter and warmup fraction, up to rounding to whole steps
         assert m.tokens == m.steps * per_step
         assert abs(m.tokens / m.params - own.tokens / own.params) <= per_step / m.params
-        assert abs(m.warmup_steps / m.steps - 50 / 700) <= 1 / m.steps
+        assert abs(m.warmup_steps / m.steps - base.train.warmup_steps / 700) <= 1 / m.steps
         assert m.params_non_embedding < m.params and m.compute > m.compute_6nd  # attention FLOPs on top
     gaps = np.diff(np.log([m.compute for m in runs]))
     assert gaps.min() > 0.5 * gaps.mean()  # roughly log-spaced
