@@ -215,10 +215,11 @@ def test_endpoint_errors_are_one_line(scripted, tmp_path, capsys):
 def test_gptrecipe_serve_scores_as_the_local_checkpoint(tmp_path, small_tok):
     ckpt, model = tiny_checkpoint(tmp_path / "m", small_tok, stage="pretrain", block_size=128)
     task = str(red_task(tmp_path / "red.jsonl"))
+    # fp32 on both sides: bf16 (what dtype=auto picks on CPUs with native bf16) rounds batched and single rows apart
     common = dict(tasks=[task], subsets=2, per_subset=2, demos=3, max_new_tokens=6, metric="logprob", search="all",
-                  out_dir=str(tmp_path), progress=False)
+                  out_dir=str(tmp_path), progress=False, dtype="fp32")
     local = ape(ApeConfig(name="local", proposer=ModelSpec(model=str(ckpt)), **common), log=lambda *a: None)
-    with BackgroundServer(create_app(ckpt, model_name="tiny", device="cpu")) as server:
+    with BackgroundServer(create_app(ckpt, model_name="tiny", device="cpu", dtype="fp32")) as server:
         spec = ModelSpec(model="tiny", base_url=server.url + "/v1", prompt_prefix="<|endoftext|>")
         remote = ape(ApeConfig(name="remote", proposer=ModelSpec(model=str(ckpt)), scorer=spec, **common),
                      log=lambda *a: None)
