@@ -22,6 +22,7 @@ import torch
 
 from gptrecipe.model import GPT, GPTConfig
 from gptrecipe.runtime import autocast, measure_peak_flops, pick_device, pick_dtype
+from gptrecipe.train import TrainConfig, lr_at
 
 
 def sync(device: torch.device) -> None:
@@ -85,6 +86,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--trajectory-steps", type=int, default=0, help="also compare loss curves over N steps")
+    ap.add_argument("--trajectory-warmup", type=int, default=0,
+                    help="the curves' lr schedule: 0 = constant 6e-4; W = the trainer's own (gptrecipe.train.lr_at): "
+                         "linear warmup over W steps, then cosine to 10%% at the last step")
     args = ap.parse_args()
 
     device = pick_device(args.device)
@@ -136,7 +140,11 @@ def main() -> None:
             m = GPT(cfg).to(device)
             opt = torch.optim.AdamW(m.parameters(), lr=6e-4, fused=device.type == "cuda")
             losses = []
-            for xb, yb in batches(stream, args.batch, args.seq, args.trajectory_steps):
+            sched = TrainConfig(lr=6e-4, warmup_steps=args.trajectory_warmup, max_steps=args.trajectory_steps)
+            for i, (xb, yb) in enumerate(batches(stream, args.batch, args.seq, args.trajectory_steps)):
+                if args.trajectory_warmup:
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(i, sched)
                 with autocast(device, dt):
                     loss = m(xb.to(device), yb.to(device))[1]
                 loss.backward()
@@ -146,7 +154,7 @@ def main() -> None:
                 losses.append(loss.item())
             curves[name] = np.array(losses)
         rel = np.abs(curves["chosen"] - curves["fp32"]) / curves["fp32"]
-        print(f"loss trajectory over {args.trajectory_steps} steps, {dtype} vs fp32: "
+        print(f"loss trajectory over {args.trajectory_steps} steps (warmup {args.trajectory_warmup}), {dtype} vs fp32: "
               f"start {curves['fp32'][0]:.3f}, end {curves['fp32'][-1]:.3f} (fp32) / {curves['chosen'][-1]:.3f}; "
               f"max relative gap {100 * rel.max():.2f}% (step {int(rel.argmax())}), mean {100 * rel.mean():.2f}%")
         # one step's loss is one batch's: once the two runs' weights differ, each batch's loss gaps apart by chance;
