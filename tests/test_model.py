@@ -3,8 +3,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from gptrecipe.model import ATTENTION_KINDS, GPT, IGNORE_INDEX, GPTConfig, KVCache, optimizer_groups
+from gptrecipe.model import (
+    ATTENTION_KINDS,
+    GPT,
+    IGNORE_INDEX,
+    GPTConfig,
+    KVCache,
+    dense_attention,
+    explicit_causal_attention,
+    optimizer_groups,
+)
 from tests.conftest import assert_left_padding_matches_rows, tiny_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
@@ -162,6 +172,26 @@ def test_attention_matches_explicit_softmax_formula(tiny_model):
     att = att.masked_fill(torch.ones(9, 9).triu(1).bool(), float("-inf")).softmax(-1)
     ref = attn.c_proj((att @ v).transpose(1, 2).reshape(2, 9, 32))
     torch.testing.assert_close(attn(x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_explicit_attention_matches_sdpa_values_and_gradients():
+    """The written-out path CPU bf16 takes (model.EXPLICIT_MAX_LEN) equals SDPA in fp32, forward and backward;
+    and in bf16 dense_attention takes it with and without gradients (checked by its result)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 20, 16, requires_grad=True) for _ in range(3))
+    g = torch.randn(2, 3, 20, 16)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    out = explicit_causal_attention(q, k, v)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    qb, kb, vb = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    torch.testing.assert_close(dense_attention(qb, kb, vb, None, 0.0), explicit_causal_attention(qb, kb, vb),
+                               rtol=0, atol=0)
+    with torch.no_grad():  # the same path without gradients (PPO's old log-probs must equal the update's)
+        torch.testing.assert_close(dense_attention(qb, kb, vb, None, 0.0), explicit_causal_attention(qb, kb, vb),
+                                   rtol=0, atol=0)
 
 
 def test_optimizer_groups_decay_only_matrices(tiny_model):
