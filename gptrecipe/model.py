@@ -4,9 +4,10 @@ token + learned position embeddings -> N x [LayerNorm -> causal self-attention -
 LayerNorm -> GELU MLP -> residual] -> final LayerNorm -> linear head tied to the token embedding.
 
 Attention goes through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient
-kernels where available). Which attention each layer uses is data (`GPTConfig.attention`): a kind
-registered in `ATTENTION_KINDS`, or a sparse pattern with parameters such as `strided(64)` (GPT-3 alternates
-"dense,strided(k)"; see `gptrecipe/sparse_attention.py`). A `KVCache` makes generation cost
+kernels where available), except short CPU bf16 contexts, where the written-out form is faster. Which
+attention each layer uses is data (`GPTConfig.attention`): a kind registered in `ATTENTION_KINDS`, or a sparse
+pattern with parameters such as `strided(64)` (GPT-3 alternates "dense,strided(k)"; see
+`gptrecipe/sparse_attention.py`). A `KVCache` makes generation cost
 one token's work per step; it supports left-padded batches of prompts of different lengths.
 """
 
