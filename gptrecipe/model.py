@@ -72,41 +72,44 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor |
 
 
 def dense_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d_head) + causal mask) v, via PyTorch's fused kernel."""
+    """softmax(q k^T / sqrt(d_head) + causal mask) v: PyTorch's fused kernel, or written out where that is faster."""
     if q.size(-2) == 1 and mask is not None and dropout_p == 0.0:
         # one query per row (a decode step): two thin matmuls that the compiled decode step fuses with their
         # neighbours (1.9x the tokens/s of SDPA with a mask at batch 16 compiled on a Zen 5 CPU, 2026-12-02)
-        scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
-        probs = scores.masked_fill(~mask, float("-inf")).float().softmax(-1)
-        return probs.to(v.dtype) @ v
+        return written_out_attention(q, k, v, ~mask)
     is_causal = mask is None and q.size(-2) == k.size(-2) and q.size(-2) > 1
-    if is_causal and _explicit_pays(q, k, v):
+    if is_causal and _written_out_pays(q, k):
         return explicit_causal_attention(q, k, v, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
-# CPU bf16: PyTorch's fused SDPA kernel has a slow backward at short sequences, so up to this length the explicit
-# form below (fwd + bwd) is faster: 1.7-3x at T = 48..256 (B 8-16, 4-12 heads of 64) on a Zen 4, 2026-12-07
-# (bench/RESULTS.md); at T = 512 SDPA is 1.9x faster; in fp32 SDPA wins or ties. The choice must not depend on
-# grad mode: PPO scores its old log-probs without gradients and must get the update's numbers (RLHF_NOTES 9).
+# CPU bf16: PyTorch's fused SDPA kernel has a slow backward at short sequences, so up to this length the written-out
+# form (fwd + bwd) is faster: 1.2-4x at T = 48..256 (B 8-32, 4-12 heads of 64) on a Zen 4, 2026-12-07
+# (bench/bench_attention.py, bench/RESULTS.md); at T = 512 SDPA is ~1.6x faster; in fp32 SDPA wins or ties. The choice
+# must not depend on grad mode: PPO scores its old log-probs without gradients and must get the update's numbers
+# (RLHF_NOTES pitfall 9).
 EXPLICIT_MAX_LEN = 256
 
 
-def _explicit_pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def _written_out_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.size(-2) <= EXPLICIT_MAX_LEN
 
 
-def explicit_causal_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d_head) + causal mask) v written out, as eager attention runs under autocast: the two
-    matmuls in the inputs' precision, the softmax in fp32. (fp32 scores would cost most of the gain: CPU matmuls
-    cannot write a bf16 product in fp32.)"""
-    T = q.size(-2)
-    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    probs = scores.masked_fill(future, float("-inf")).float().softmax(-1)
+def written_out_attention(q, k, v, blocked: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d_head), -inf where `blocked`) v, as eager attention runs under autocast: the two matmuls
+    in the inputs' precision, the softmax in fp32 (fp32 scores would cost most of the speed: CPU matmuls cannot
+    write a bf16 product in fp32)."""
+    scores = (q @ k.transpose(-2, -1)) * (q.size(-1) ** -0.5)
+    probs = scores.masked_fill(blocked, float("-inf")).float().softmax(-1)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
     return probs.to(v.dtype) @ v
+
+
+def explicit_causal_attention(q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal attention (Tq == Tk) written out: each position sees itself and the positions before it."""
+    T = q.size(-2)
+    return written_out_attention(q, k, v, torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), dropout_p)
 
 
 ATTENTION_KINDS: dict[str, AttentionFn] = {"dense": dense_attention}
