@@ -59,6 +59,7 @@ class RenderedChat:
     ids: list[int]
     mask: list[bool]  # mask[i]: token i is a training target (predicted from tokens < i)
     truncated: bool = False
+    starts: tuple[int, ...] = (0,)  # where each conversation begins (several when packed)
 
     @property
     def n_trainable(self) -> int:

@@ -80,6 +80,8 @@ def dense_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
     is_causal = mask is None and q.size(-2) == k.size(-2) and q.size(-2) > 1
     if is_causal and _written_out_pays(q, k):
         return explicit_causal_attention(q, k, v, dropout_p)
+    if mask is not None and q.size(-2) == k.size(-2) and _written_out_pays(q, k):
+        return written_out_attention(q, k, v, ~mask, dropout_p)  # a masked prefill, packed rows (`PackedRows`)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
@@ -304,6 +306,38 @@ class StaticKVCache:
         pass  # `step_to` moves it, outside the graph
 
 
+class PackedRows:
+    """Several documents packed into each row of a batch (SFT packing) computed as if each were alone: a token
+    attends only to earlier tokens of its own document, and its position counts from that document's start.
+
+    Without this, packed documents see each other and sit at arbitrary positions, and a small model learns less
+    from each (tool-use SFT of the main job's model, 1,500 steps: 85% of held-out sums answered with it, 70%
+    without, 2026-12-07). It stands where a cache would (`model(x, cache=PackedRows(starts))`), caching nothing."""
+
+    def __init__(self, starts: torch.Tensor):
+        """`starts`: (B, T) bool, True at the first token of each document (a row's first token starts one)."""
+        starts = starts.clone()
+        starts[:, 0] = True
+        T = starts.size(1)
+        t = torch.arange(T, device=starts.device)
+        doc = starts.long().cumsum(-1)  # (B, T): which document of its row each token is in
+        self.pos = t - torch.where(starts, t, 0).cummax(-1).values  # distance to its document's first token
+        same = doc[:, :, None] == doc[:, None, :]
+        self.mask = (same & (t[None, :] <= t[:, None]))[:, None]  # (B, 1, T, T): causal within the document
+
+    def attention_mask(self, tq: int) -> torch.Tensor:
+        return self.mask
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v
+
+    def positions(self, tq: int, block_size: int) -> torch.Tensor:
+        return self.pos
+
+    def advance(self, tq: int) -> None:
+        pass
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int, kind: str):
         super().__init__()
@@ -317,7 +351,7 @@ class CausalSelfAttention(nn.Module):
         self.attend = attention_fn(kind)
         self.sparse = isinstance(self.attend, SparseAttention)  # reads the cache's padding to place its pattern
 
-    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | PackedRows | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.n_head * self.d_head, dim=2)
         # (B, T, H*D) -> (B, H, T, D): every head attends independently
@@ -355,7 +389,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | PackedRows | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -396,7 +430,8 @@ class GPT(nn.Module):
         t = seq_len or c.block_size
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_head * c.d_head * t
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | StaticKVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, idx: torch.Tensor,
+                      cache: KVCache | StaticKVCache | PackedRows | None = None) -> torch.Tensor:
         """Final (layer-normed) hidden state of every position: (B, T, n_embd).
 
         Later stages put their own heads on this (reward model, value head, GPT-1 task heads).
@@ -409,6 +444,9 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device)[None, :]
         else:
             pos = cache.positions(T, self.config.block_size)
+        if isinstance(cache, PackedRows) and any(b.attn.sparse for b in self.blocks):
+            raise ValueError("packed rows need dense attention in every layer "
+                             f"(model.attention={self.config.attention!r})")
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for block in self.blocks:
             x = block(x, cache)
@@ -417,7 +455,7 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | StaticKVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | StaticKVCache | PackedRows | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab) and, given targets, the mean next-token cross entropy.
 
         Targets equal to IGNORE_INDEX are left out of the mean (prompt tokens in SFT, padding).

@@ -23,7 +23,7 @@ from .config import RunConfig, load_config
 from .data.corpora import chatterbot_conversations
 from .data.loader import global_batch, pad_rows, rank_slice
 from .data.readers import DataError
-from .model import IGNORE_INDEX
+from .model import IGNORE_INDEX, PackedRows
 from .report import md_table, plot_losses, write_markdown
 from .sample import SamplingConfig, generate
 from .stage import StageRun, n_val, seeded_split
@@ -37,7 +37,7 @@ class SFTConfig(RunConfig):
     init: str = ""  # the pretrained checkpoint (or run dir) to start from
     data: str = "builtin:chatterbot"  # JSONL path or builtin:chatterbot
     val_fraction: float = 0.1
-    packing: bool = False  # several conversations per row (fewer pad tokens, faster)
+    packing: bool = False  # several conversations per row, each computed as if alone (fewer pad tokens, faster)
     tool_conversations: int = 0  # builtin tool-use conversations (calculator, translator, retrieval) mixed in
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=300, micro_batch_size=16, lr=1e-3, warmup_steps=20, eval_every=100, checkpoint_every=100))
@@ -70,16 +70,20 @@ def render_all(template: ChatTemplate, convs: list[list[Message]], block_size: i
 
 
 def pack(examples: list[RenderedChat], row_len: int) -> list[RenderedChat]:
-    """Greedily put whole conversations together into rows of at most row_len tokens."""
+    """Greedily put whole conversations together into rows of at most row_len tokens, remembering where each
+    begins (training computes each as if alone: `model.PackedRows`)."""
     rows: list[RenderedChat] = []
-    cur = RenderedChat([], [])
+    ids: list[int] = []
+    mask: list[bool] = []
+    starts: list[int] = []
     for ex in examples:
-        if cur.ids and len(cur.ids) + len(ex.ids) > row_len:
-            rows.append(cur)
-            cur = RenderedChat([], [])
-        cur = RenderedChat(cur.ids + ex.ids, cur.mask + ex.mask)
-    if cur.ids:
-        rows.append(cur)
+        if ids and len(ids) + len(ex.ids) > row_len:
+            rows.append(RenderedChat(ids, mask, starts=tuple(starts)))
+            ids, mask, starts = [], [], []
+        starts.append(len(ids))
+        ids, mask = ids + ex.ids, mask + ex.mask
+    if ids:
+        rows.append(RenderedChat(ids, mask, starts=tuple(starts)))
     return rows
 
 
@@ -87,27 +91,33 @@ class MaskedLMTask(TrainTask):
     """A TrainTask for token sequences with a loss mask (SFT): the mean over the global batch's trainable tokens."""
 
     def __init__(self, rows: list[RenderedChat], val_rows: list[RenderedChat], pad_id: int, seed: int,
-                 block_size: int, sample_fn=None):
+                 block_size: int, sample_fn=None, separate_packed: bool = True):
         if not rows:
             raise DataError("no training conversation has any assistant token inside the context")
         self.rows, self.val_rows, self.pad_id, self.seed = rows, val_rows, pad_id, seed
         self.tokens_per_row = block_size
         self.sample_fn = sample_fn
+        self.separate_packed = separate_packed  # packed conversations computed as if alone (dense attention only)
 
-    def _tensors(self, rows: list[RenderedChat]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tensors(self, rows: list[RenderedChat]) -> tuple[torch.Tensor, ...]:
         ids = pad_rows([r.ids for r in rows], self.pad_id)
         tgt = pad_rows([[t if m else IGNORE_INDEX for t, m in zip(r.ids, r.mask, strict=True)] for r in rows],
                        IGNORE_INDEX)
-        return ids[:, :-1], tgt[:, 1:]
+        if not self.separate_packed or all(len(r.starts) == 1 for r in rows):
+            return ids[:, :-1], tgt[:, 1:]
+        starts = torch.zeros_like(ids, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            starts[i, list(r.starts)] = True
+        return ids[:, :-1], tgt[:, 1:], starts[:, :-1]  # packed: each conversation computed as if alone
 
     def get_batch(self, step, micro_step, micro_batch_size, grad_accum, rank, world_size) -> Batch:
         idx = global_batch(self.seed, step, len(self.rows), micro_batch_size * grad_accum * world_size)
-        x, y = self._tensors([self.rows[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
-        return Batch((x, y), {"lm": int((y != IGNORE_INDEX).sum())}, x.numel(), x.size(1))
+        t = self._tensors([self.rows[i] for i in rank_slice(idx, micro_step, micro_batch_size, rank, world_size)])
+        return Batch(t, {"lm": int((t[1] != IGNORE_INDEX).sum())}, t[0].numel(), t[0].size(1))
 
     def loss(self, model, batch) -> dict[str, torch.Tensor]:
-        x, y = batch
-        logits, _ = model(x)
+        x, y, *starts = batch
+        logits, _ = model(x, cache=PackedRows(starts[0]) if starts else None)
         return {"lm": F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1),
                                       ignore_index=IGNORE_INDEX, reduction="sum")}
 
@@ -115,9 +125,9 @@ class MaskedLMTask(TrainTask):
         device = next(model.parameters()).device
         total, count = 0.0, 0
         for i in range(0, min(len(self.val_rows), 16 * max_batches), 16):
-            x, y = (t.to(device) for t in self._tensors(self.val_rows[i: i + 16]))
-            total += self.loss(model, (x, y))["lm"].item()
-            count += int((y != IGNORE_INDEX).sum())
+            batch = tuple(t.to(device) for t in self._tensors(self.val_rows[i: i + 16]))
+            total += self.loss(model, batch)["lm"].item()
+            count += int((batch[1] != IGNORE_INDEX).sum())
         return {"val_loss": total / max(1, count)}
 
     def samples(self, model) -> list[str]:
@@ -151,9 +161,12 @@ def sft(cfg: SFTConfig, *, resume: bool = False, log=print) -> TrainResult:
         run.log(f"sft: {len(tool_rows)} tool-use conversations mixed into the training data")
         rows = rows + tool_rows
         random.Random(cfg.train.seed).shuffle(rows)  # packed rows mix both kinds
+    dense = not any(b.attn.sparse for b in model.blocks)
     if cfg.packing:
         rows = pack(rows, block + 1)
-    task = MaskedLMTask(rows, val, tok.id_of("<|pad|>"), cfg.train.seed, block,
+        if not dense:
+            run.log("sft: packed conversations see each other (sparse attention layers cannot keep them apart)")
+    task = MaskedLMTask(rows, val, tok.id_of("<|pad|>"), cfg.train.seed, block, separate_packed=dense,
                         sample_fn=lambda m: [f"User: {p}\nAssistant: {r}" for p, r in
                                              zip(cfg.sample_prompts, chat_replies(m, tok, cfg.sample_prompts,
                                                                                   cfg.sample), strict=True)])

@@ -7,7 +7,8 @@ over the chat template, and the held-out score with and without the toolset.
     turns[0].calls, turns[0].text                        # [("37*12", "444")], "444"
 
 The format is made for a small model to copy: the question holds the bare query (`37*12`, `猫`, a quote), the
-call repeats it, and the answer repeats the toolset's result verbatim. Held-out questions (`split="heldout"`) are
+call repeats it, and the answer copies what was asked for from the toolset's result (the number, the word with its
+meanings, the source of the passage that mentions a word). Held-out questions (`split="heldout"`) are
 a fixed tenth of the space of queries by a hash, never generated for training.
 """
 
@@ -47,7 +48,11 @@ class ToolQuestion:
 
     @property
     def answer(self) -> str:
-        return self.result  # the answer repeats the result verbatim
+        """What the user asked for, copied verbatim from the result: the number, the word with its meanings,
+        the source (the "[source #position]" before the snippet)."""
+        if self.tool == "retrieval":
+            return self.result.split("] ", 1)[0] + "]"
+        return self.result
 
     def conversation(self) -> list[Message]:
         return [Message("user", self.question), Message("assistant", self.query, "toolset"),
@@ -60,7 +65,8 @@ def _heldout(query: str) -> bool:
 
 _ARITH = ["What is {q}?", "Compute {q}.", "How much is {q}?", "{q} = ?", "Calculate {q}, please."]
 _TRANSLATE = ["What does {q} mean?", "Translate {q} into English.", "What is {q} in English?", "{q} means?"]
-_RETRIEVE = ['Where is this from: "{q}"?', 'Find the passage: "{q}"', 'Which text says "{q}"?']
+_RETRIEVE = ['Which text mentions "{q}"?', 'Where does "{q}" appear?', 'Find "{q}" in the library.',
+             'What is the source of "{q}"?']
 
 
 def _arithmetic(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
@@ -84,10 +90,12 @@ def _translation(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
 
 
 def _retrieval(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
+    """A word of five letters or more from a passage (a four-word quote was more than the tiny model copies)."""
     passages = next(t for t in toolset.tools if isinstance(t, Retrieval)).passages
-    words = rng.choice(passages).text.split()
-    start = rng.randint(0, max(0, min(len(words), 30) - 6))
-    q = " ".join(words[start: start + 6]).strip("\"'")
+    words: list[str] = []
+    while not words:
+        words = [w for w in rng.choice(passages).text.split() if len(w) >= 5 and w.isalpha()]
+    q = rng.choice(words)
     return rng.choice(_RETRIEVE).format(q=q), q
 
 

@@ -5,7 +5,7 @@ import torch
 
 from gptrecipe.chat import ChatTemplate, Message, parse_messages, read_conversations
 from gptrecipe.data.readers import DataError
-from gptrecipe.model import GPT, IGNORE_INDEX
+from gptrecipe.model import GPT, IGNORE_INDEX, PackedRows
 from gptrecipe.sft import MaskedLMTask, pack, render_all
 from gptrecipe.train import TrainConfig, train
 from tests.conftest import assert_resume_is_exact, save_stage_checkpoint, tiny_config
@@ -90,6 +90,27 @@ def test_packing_keeps_every_conversation(small_tok):
     task, _ = make_task(small_tok, convs, block=48, packing=True)
     assert len(task.rows) < 30 and all(len(r.ids) <= 49 for r in task.rows)
     assert sum(r.n_trainable for r in task.rows) == sum(ChatTemplate(small_tok).render(c).n_trainable for c in convs)
+
+
+def test_packed_conversations_compute_as_if_alone(small_tok):
+    """Every logit of a packed row equals its conversation's logit alone (no attention across conversations,
+    positions from each one's start), to 1e-5 in fp32; without the packing mask they differ."""
+    convs = [[Message("user", f"Question {i}?"), Message("assistant", "Answer " * (i + 1))] for i in range(6)]
+    alone, _ = make_task(small_tok, convs, block=96)
+    packed, _ = make_task(small_tok, convs, block=96, packing=True)
+    assert len(packed.rows) < len(convs) and len(packed.rows[0].starts) > 1
+    torch.manual_seed(0)
+    model = GPT(tiny_config(vocab_size=small_tok.vocab_size, block_size=96)).eval()
+    x, _, starts = packed._tensors(packed.rows)
+    with torch.no_grad():
+        got = model(x, cache=PackedRows(starts))[0]
+        seeing_each_other = model(x)[0]
+        ends = [*packed.rows[0].starts[1:], len(packed.rows[0].ids)]
+        for a, b, row in zip(packed.rows[0].starts, ends, alone.rows, strict=False):
+            want = model(torch.tensor([row.ids[:-1]]))[0][0]  # its logits alone: one per token but the last
+            assert len(want) == b - a - 1
+            assert torch.allclose(got[0, a: b - 1], want, atol=1e-5)
+    assert not torch.allclose(got, seeing_each_other, atol=1e-3)
 
 
 def test_sft_learns(small_tok, tmp_path):

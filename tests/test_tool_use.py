@@ -155,3 +155,19 @@ def test_tool_loop_calls_forces_the_result_and_stops_at_the_cap(small_tok):
                                 pad_id=small_tok.eot_id, on_text=lambda i, p: answers.append(p))
     assert turns[0].calls == [("2+2", "4")] and turns[0].text == "4" and not turns[0].capped
     assert "".join(answers) == "4"  # only the answer streams, not the call
+
+
+def test_builtin_questions_answer_from_the_result_and_hold_out_their_queries():
+    from gptrecipe.tool_use import tool_questions
+
+    train = tool_questions(200, seed=0)
+    heldout = tool_questions(30, seed=0, split="heldout")
+    assert {q.tool for q in train} == {"calculator", "translator", "retrieval"}
+    assert not {q.query for q in train} & {q.query for q in heldout}
+    for q in train + heldout:
+        assert q.query in q.question and q.answer and q.answer in q.result
+        if q.tool == "retrieval":  # "[kjv #12] In the beginning ..." -> the source
+            assert q.result.startswith(q.answer + " ") and q.answer.startswith("[") and q.answer.endswith("]"), q
+        else:
+            assert q.answer == q.result, q
+    assert tool_questions(200, seed=0) == train  # seeded
