@@ -20,7 +20,7 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
                    f"data.cache_dir={tmp_path}/cache", *QUIET],
         name="mini", out_dir=str(tmp_path), rank_prompts=12, data_paths=[str(corpus)],
         sft_overrides=["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.sample_every=4",
-                       "sample.max_new_tokens=8", *QUIET],
+                       "sample.max_new_tokens=8", "tool_conversations=24", *QUIET], tool_questions=6,
         rm_overrides=["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", *QUIET],
         ppo_overrides=["train.max_steps=4", "train.eval_every=2", "train.checkpoint_every=4", "train.sample_every=4",
                        "rollout_batch=8", "minibatches=2", "ppo_epochs=1", "val_prompts=4", "max_new_tokens=6",
@@ -33,7 +33,8 @@ def test_main_job_runs_every_stage_and_writes_the_report(tmp_path):
     for needle in ("| tokenizer |", "| pretrain |", "| in-context learning |", "| sft |", "| reward model |", "| ppo |",
                    "| gold check |", "| scaling |", "Predictable scaling", "| automatic prompt engineering |",
                    "## Automatic prompt engineering",
-                   "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves"):
+                   "In-context learning", "Chat replies of the SFT model", "RLHF (PPO) curves",
+                   "| tool use | held-out exact match with / without the toolset: calculator", "## Tool use (LaMDA)"):
         assert needle in text, needle
     root = tmp_path / "mini"
     for f in ("scaling/prediction.json", "scaling/comparison.json", "scaling/scaling.png", "scaling/runs.jsonl",
