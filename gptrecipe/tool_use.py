@@ -6,7 +6,7 @@ over the chat template, and the held-out score with and without the toolset.
     turns = answer_with_tools(model, tok, [[Message("user", "What is 37*12?")]], cfg, toolset)
     turns[0].calls, turns[0].text                        # [("37*12", "444")], "444"
 
-The format is made for a small model to copy: the question holds the bare query (`37*12`, `猫`, a quote), the
+The format is made for a small model to copy: the question holds the bare query (`37*12`, `猫`, a word), the
 call repeats it, and the answer copies what was asked for from the toolset's result (the number, the word with its
 meanings, the source of the passage that mentions a word). Held-out questions (`split="heldout"`) are
 a fixed tenth of the space of queries by a hash, never generated for training.
@@ -137,7 +137,7 @@ def _by_head(retrieval: Retrieval) -> dict[str, str]:
 
 
 def _own(toolset: Toolset, query: str, results: list) -> bool:
-    """Whether a quote's best passage is one that contains it (not another passage with the same words)."""
+    """Whether a query's best passage is one that contains it (not another passage with the same words)."""
     retrieval = next(t for t in toolset.tools if isinstance(t, Retrieval))
     return query in _by_head(retrieval).get(results[0].result.split("]")[0] + "]", "")
 
