@@ -28,7 +28,14 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); else bf16 is emulated and slow."""
+    """True when the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX); else bf16 is emulated and slow.
+    GPTRECIPE_CPU_BF16=0 (or 1) overrides the detection: `dtype=auto` then takes the path of a CPU without (with)
+    native bf16 everywhere, e.g. to reproduce fp32 results or time that path on a bf16 machine."""
+    forced = os.environ.get("GPTRECIPE_CPU_BF16", "auto")
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced != "auto":
+        raise ConfigError(f"GPTRECIPE_CPU_BF16={forced!r}: expected auto, 0 or 1")
     try:
         flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
     except (OSError, IndexError):

@@ -176,3 +176,19 @@ def test_fp16_trains_with_loss_scaling_kept_in_the_checkpoint(tmp_path):
     assert abs(res.losses[60] - ref.losses[60]) / ref.losses[60] < 0.1
     state = load_trainer_state(tmp_path / "checkpoints" / "step_0000060")
     assert state["scaler"]["scale"] > 1.0  # loss scaling was on (GradScaler starts at 2**16 and adapts)
+
+
+def test_cpu_bf16_override_picks_the_auto_dtype(monkeypatch):
+    """GPTRECIPE_CPU_BF16 forces `dtype=auto` onto either CPU path; anything else is a config error naming it."""
+    from gptrecipe.config import ConfigError
+    from gptrecipe.runtime import pick_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("GPTRECIPE_CPU_BF16", "0")
+    assert pick_dtype("auto", cpu) == torch.float32
+    assert pick_dtype("bf16", cpu) == torch.bfloat16  # an explicit dtype is not overridden
+    monkeypatch.setenv("GPTRECIPE_CPU_BF16", "1")
+    assert pick_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setenv("GPTRECIPE_CPU_BF16", "yes")
+    with pytest.raises(ConfigError, match="GPTRECIPE_CPU_BF16='yes'"):
+        pick_dtype("auto", cpu)
