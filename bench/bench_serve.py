@@ -11,6 +11,10 @@
    HF `generate` (KV cache). Ours decode in `--dtype` (auto: bf16 where the CPU has native bf16, as the CLI
    loads a model); HF runs in fp32 (its default) and in the same precision. Within one precision the greedy
    tokens of every implementation are checked to be identical first. Medians of --repeats, alternating.
+   Each row also gets its decoding's memory-bandwidth limit: a decode step reads every weight once (the tied
+   head's too) plus the KV cache so far, so tokens/s <= rows x (read bandwidth) / (bytes read per step), with the
+   read bandwidth measured here (a sum over a 512 MB tensor, the same threads); the table says what fraction of
+   that limit each implementation reaches.
 2. The server (`gptrecipe serve` in a subprocess, eager and `--compile`) under 1, 8 and 32 concurrent streaming
    clients (aiohttp, closed loop, a fixed number of requests each): completion tokens/s, tokens per CPU-second of
    the server process (less disturbed by other load on a shared machine) and p50 / p95 time to first token.
@@ -115,8 +119,28 @@ def timed_in_thread(fn, *args) -> tuple[float, object]:
     return out[0], out[1]
 
 
+def read_bandwidth(gib: float = 0.5, repeats: int = 5) -> float:
+    """Bytes/s of reading a tensor much larger than the caches (the median of `repeats` sums)."""
+    x = torch.ones(int(gib * 2**30) // 4)
+    timed_in_thread(x.sum)  # warm-up: page the tensor in
+    seconds = statistics.median(timed_in_thread(x.sum)[0] for _ in range(repeats))
+    return x.numel() * 4 / seconds
+
+
+def bytes_per_step(model: GPT, dtype: torch.dtype, rows: int, prompt_len: int, new: int) -> float:
+    """Bytes one decode step reads on average: every weight once (not the position table: one row of it) and
+    the KV cache of every row at its mean length (prompt + half the new tokens)."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    weights = model.num_params() - model.wpe.weight.numel()
+    cfg = model.config
+    kv = 2 * cfg.n_layer * cfg.n_embd * (prompt_len + new / 2) * rows
+    return (weights + kv) * size
+
+
 def bench_generation(model: GPT, tok, args) -> list[dict]:
     dtype = pick_dtype(args.dtype, torch.device("cpu"))
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 512 MB, {THREADS} threads)", flush=True)
     fast = copy.deepcopy(model).to(dtype)  # ours as `--dtype auto` loads it
     hf = hf_copy(model)
     g = torch.Generator().manual_seed(0)
@@ -161,14 +185,20 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
         groups = {n: grp for n, _, grp in runners} | dict.fromkeys(engine_names, name)
         same = {grp: len({json.dumps(outs[n]) for n in outs if groups[n] == grp}) == 1 for grp in groups.values()}
         tps = {n: batch * args.new_tokens / statistics.median(t) for n, t in times.items()}
-        same_hf = tps.get(f"HF `generate` {name}", tps[HF_FP32])
+        # HF in our precision (HF fp32 when that is ours); None when `--only` left it out
+        same_hf = tps[HF_FP32] if dtype == torch.float32 else tps.get(f"HF `generate` {name}")
         for n in tps:
             grp = groups[n]
+            step_dtype = dtype if grp in (name, "hf " + name) else torch.float32
+            limit = batch * bandwidth / bytes_per_step(model, step_dtype, batch, args.prompt_len, args.new_tokens)
             rows.append({"batch": batch, "impl": n, "tokens_per_s": tps[n], "vs_hf": tps[n] / tps[HF_FP32],
-                         "vs_hf_same_dtype": tps[n] / same_hf if grp == name else None, "same_tokens": same[grp]})
-            vs_same = f"  {tps[n] / same_hf:.2f}x HF {name}" if grp == name else ""
+                         "vs_hf_same_dtype": tps[n] / same_hf if grp == name and same_hf else None,
+                         "same_tokens": same[grp],
+                         "bandwidth_limit": limit})
+            vs_same = f"  {tps[n] / same_hf:.2f}x HF {name}" if grp == name and same_hf else ""
             print(f"batch {batch:>2}  {n:<44} {tps[n]:>9.0f} tokens/s  {tps[n] / tps[HF_FP32]:.2f}x HF fp32"
-                  f"{vs_same}{'' if same[grp] else '  (tokens differ within the group!)'}", flush=True)
+                  f"{vs_same}  {tps[n] / limit:.0%} of the bandwidth limit {limit:,.0f}"
+                  f"{'' if same[grp] else '  (tokens differ within the group!)'}", flush=True)
     return rows
 
 
@@ -319,10 +349,12 @@ def main() -> None:
                                    tokenizer_path=Path(d) / "tokenizer.json")
             for mode in args.server_modes:
                 server_rows += bench_server(ckpt, args, compiled=mode == "compiled")
-    print("\n| batch | implementation | tokens/s | vs HF fp32 | vs HF same precision |\n|---|---|---|---|---|")
+    print("\n| batch | implementation | tokens/s | vs HF fp32 | vs HF same precision | of the bandwidth limit |"
+          "\n|---|---|---|---|---|---|")
     for r in gen_rows:
         same = f"{r['vs_hf_same_dtype']:.2f}x" if r["vs_hf_same_dtype"] is not None else ""
-        print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x | {same} |")
+        print(f"| {r['batch']} | {r['impl']} | {r['tokens_per_s']:,.0f} | {r['vs_hf']:.2f}x | {same} | "
+              f"{r['tokens_per_s'] / r['bandwidth_limit']:.0%} of {r['bandwidth_limit']:,.0f} |")
     if server_rows:
         print("\n| server | concurrent clients | requests | completion tokens/s | per server CPU-second | TTFT p50 "
               "| TTFT p95 |\n|---|---|---|---|---|---|---|")
