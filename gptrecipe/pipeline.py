@@ -329,7 +329,9 @@ def scaling_summary(c: dict) -> str:
     lo, hi = c["interval"]
     return (f"pretraining held-out loss predicted {c['predicted_loss']:.4f} [{lo:.4f}, {hi:.4f}] from small runs, "
             f"actual {c['actual_loss']:.4f}: error {100 * c['relative_error']:+.2f}% at {c['extrapolation']:.1f}x the "
-            "largest small run's compute")
+            "largest small run's compute"
+            + (f" ({', '.join(c['runs_above_unigram'])} not below the unigram loss {c['unigram_loss']:.3f})"
+               if c.get("runs_above_unigram") else ""))
 
 
 def scaling_md(sweep: dict, root: Path) -> str:

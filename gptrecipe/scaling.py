@@ -256,9 +256,10 @@ def fit_runs(runs: list[dict], predict: float, *, level: float = 0.9, samples: i
     return out
 
 
-def plot_fit(runs: list[dict], fit: dict, path: str | Path, actual: float | None = None) -> Path:
+def plot_fit(runs: list[dict], fit: dict, path: str | Path, actual: float | None = None,
+             baseline: float | None = None) -> Path:
     """Log-log plot of the runs, the fitted L(C), the interval at the predicted compute and, once known, the
-    actual loss there."""
+    actual loss there; `baseline` (the unigram loss) as a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,6 +280,8 @@ def plot_fit(runs: list[dict], fit: dict, path: str | Path, actual: float | None
                 fmt="s", color="C1", capsize=4, label=f"prediction ({100 * fit['interval_level']:.0f}% interval)")
     if actual is not None:
         ax.scatter([fit["predict_at"]], [actual], marker="*", s=150, color="C3", zorder=4, label="actual")
+    if baseline is not None:
+        ax.axhline(baseline, ls=":", color="gray", label=f"unigram loss {baseline:.3f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute (FLOPs)")

@@ -11,7 +11,8 @@ schedule (warmup the same fraction of its steps, cosine to its own last step). S
 member of the family (the main job's pretraining run is the target of its own sweep).
 
 The final loss of every run is measured on one fixed held-out set: `heldout_windows` windows of block_size tokens
-spread evenly over the validation split of each corpus, weighted by the mixture's weights (as `val_loss`).
+spread evenly over the validation split of each corpus, weighted by the mixture's weights (as `val_loss`); beside
+it the unigram loss (token frequencies alone), which runs still on the early plateau do not get below.
 """
 
 from __future__ import annotations
@@ -203,6 +204,30 @@ def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOW
             "per_corpus": per_corpus}
 
 
+@torch.no_grad()
+def unigram_loss(tok, base: PretrainConfig, windows: int = HELDOUT_WINDOWS) -> dict[str, Any]:
+    """The held-out loss of a model that knows only the token frequencies of its training mixture (each corpus'
+    train split counted, corpora weighted by the mixture, add-1/2 smoothing), on `heldout`'s windows and weights.
+    A run above it has not learned even those: the early plateau, where no power law of compute holds yet."""
+    data = prepare_data(base.data, tok, block_size=base.model.block_size, show_progress=False)
+    loader = BatchLoader(data, block_size=base.model.block_size)
+    total_w = sum(c.weight for c in data.corpora)
+    p = np.zeros(data.vocab_size)
+    for c in data.corpora:
+        counts = np.bincount(c.train[0: len(c.train)], minlength=data.vocab_size)[: data.vocab_size] + 0.5
+        p += c.weight / total_w * counts / counts.sum()
+    nll = -np.log(p)
+    per_corpus = {c.name: float(np.mean(np.concatenate(
+        [nll[y.numpy()].ravel() for _, y in loader.val_batches(c.name, 16, math.ceil(windows / 16))])))
+        for c in data.corpora}
+    return {"loss": sum(c.weight / total_w * per_corpus[c.name] for c in data.corpora), "per_corpus": per_corpus}
+
+
+def below_unigram(runs: list[dict], unigram: float | None) -> list[str]:
+    """The runs whose held-out loss is not below the unigram loss (see `unigram_loss`)."""
+    return [] if unigram is None else [r.get("name", f"#{i}") for i, r in enumerate(runs) if r["loss"] >= unigram]
+
+
 CAPABILITY_FAMILY = "classify"  # the pretraining mixture's builtin:icl rules: the one family tiny models learn
 
 
@@ -282,6 +307,8 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
     if info.is_main and runs_path.exists():
         drop_torn_line(runs_path)  # a row cut by kill -9: its run is measured again
     done = {json.loads(ln)["name"]: json.loads(ln) for ln in complete_lines(runs_path)} if runs_path.exists() else {}
+    if info.is_main:  # the baseline of the plot and of the prediction's warning (cheap: token counts)
+        atomic_write_text(root / "unigram.json", json.dumps(unigram_loss(tok, base, cfg.heldout_windows)) + "\n")
     rows = []
     log(f"sweep {root}: {len(members)} runs, {members[0].compute:.3g} .. {members[-1].compute:.3g} FLOPs, "
         f"{spec['tokens_per_param']:.3g} tokens per parameter")
@@ -347,8 +374,16 @@ def register_prediction(sweep_dir: str | Path, target: Member, path: str | Path,
         return pred
     runs = read_runs(runs_path)
     fit = fit_runs(runs, target.compute, level=level)
+    unigram_path = Path(sweep_dir) / "unigram.json"
+    unigram = json.loads(unigram_path.read_text())["loss"] if unigram_path.is_file() else None
+    plateau = below_unigram(runs, unigram)
+    if plateau:
+        log(f"warning: {', '.join(plateau)} not below the unigram loss {unigram:.4f} (token frequencies alone): "
+            "still on the early plateau, where no power law of compute holds; the fit may miss the bend after it "
+            "(more tokens per parameter, or a higher compute range, give runs past it)")
     pred = {"target": asdict(target), "predicted_loss": fit["prediction"], "interval": fit["interval"],
             "interval_level": level, "fit": fit, "capability": capability_fit(runs, target.compute),
+            "unigram_loss": unigram, "runs_above_unigram": plateau,
             "runs_file": str(runs_path), "runs_sha256": hashlib.sha256(runs_path.read_bytes()).hexdigest(),
             "code_version": code_version(), "time": datetime.now(UTC).isoformat(timespec="seconds")}
     atomic_write_text(path, json.dumps(pred, indent=1) + "\n")
@@ -368,7 +403,8 @@ def compare(pred: dict[str, Any], actual: dict[str, Any], sweep_dir: str | Path,
               "actual_bits_per_byte": actual["bits_per_byte"],
               "relative_error": pred["predicted_loss"] / actual["loss"] - 1,
               "in_interval": pred["interval"][0] <= actual["loss"] <= pred["interval"][1],
-              "registered": pred["time"], "code_version": pred["code_version"]}
+              "registered": pred["time"], "code_version": pred["code_version"],
+              "unigram_loss": pred.get("unigram_loss"), "runs_above_unigram": pred.get("runs_above_unigram", [])}
     cap = pred.get("capability")
     if cap and cap.get("kept") and "solved" in actual:
         rates = [max(pass_at_k(actual["samples"], actual["solved"][j], 1), 0.5 / actual["samples"])
@@ -381,7 +417,8 @@ def compare(pred: dict[str, Any], actual: dict[str, Any], sweep_dir: str | Path,
                                 "relative_error": cap["predicted_neg_mean_log_pass"] / got - 1}
     elif cap is not None:
         result["capability"] = {"problems_kept": len(cap.get("kept", [])), "problems": cap.get("problems", 0)}
-    result["plot"] = str(plot_fit(runs, pred["fit"], out / "scaling.png", actual=actual["loss"]))
+    result["plot"] = str(plot_fit(runs, pred["fit"], out / "scaling.png", actual=actual["loss"],
+                                  baseline=pred.get("unigram_loss")))
     atomic_write_text(out / "comparison.json", json.dumps(result, indent=1) + "\n")
     return result
 
@@ -397,9 +434,16 @@ def comparison_md(c: dict[str, Any], plot: str) -> str:
         rows.append({"quantity": f"pass rate (geometric mean over {cap['problems_kept']}/{cap['problems']} problems)",
                      "predicted": f"{cap['predicted_pass_rate']:.3f}", "actual": f"{cap['actual_pass_rate']:.3f}",
                      "relative error": f"{100 * cap['relative_error']:+.1f}% (of -mean log pass)"})
+    unigram = ""
+    if c.get("unigram_loss") is not None:
+        above = c.get("runs_above_unigram") or []
+        unigram = (f" Unigram loss (the mixture's token frequencies alone) on the held-out set: "
+                   f"{c['unigram_loss']:.4f}; " + (f"small runs not below it: {', '.join(above)} (still on the early "
+                                                   "plateau, where no power law of compute holds)." if above else
+                                                   "every small run is below it."))
     return (md_table(rows) + f"\nExtrapolation: {c['extrapolation']:.1f}x the compute of the largest small run; "
-            f"prediction registered {c['registered']} (code {c['code_version'][:12]}), before the run started.\n\n"
-            f"![scaling]({plot})\n")
+            f"prediction registered {c['registered']} (code {c['code_version'][:12]}), before the run started."
+            f"{unigram}\n\n![scaling]({plot})\n")
 
 
 def predict(sweep_dir: str | Path, *, compute: float | None = None, name: str = "target", log=print) -> dict[str, Any]:

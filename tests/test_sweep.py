@@ -25,6 +25,7 @@ from gptrecipe.scaling import PowerLaw
 from gptrecipe.sweep import (
     SweepConfig,
     capability_fit,
+    comparison_md,
     heldout,
     member,
     plan,
@@ -33,6 +34,7 @@ from gptrecipe.sweep import (
     run_sweep,
     solves,
     tokens_per_param,
+    unigram_loss,
 )
 from tests.conftest import tiny_config
 
@@ -109,6 +111,49 @@ def test_heldout_is_the_pretraining_val_loss_on_more_windows(tmp_path, small_tok
     windows = min(32, (len(data.corpora[0].val) - 1) // 32)
     assert windows >= 16 and got["heldout_tokens"] == windows * 32
     assert 0 < got["bits_per_byte"] < got["loss"] / math.log(2)  # more than one byte per token
+
+
+def test_unigram_loss_is_what_a_model_of_token_frequencies_measures(tmp_path, small_tok):
+    """The baseline is `heldout`'s own measurement of a model whose logits are log p, p the mixture's token
+    frequencies: every weight zero, ln_f's bias a unit vector, the tied embedding's first column log p."""
+    (tmp_path / "a.txt").write_text("Hello! How are you? I am fine, thank you. " * 3000)
+    (tmp_path / "b.txt").write_text("Why did the chicken cross the road? Tell me a joke. " * 1500)
+    cfg = load_pretrain_config("tiny", [f"data.cache_dir={tmp_path}/cache", "model.block_size=32"],
+                               data_paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")])
+    data = prepare_data(cfg.data, small_tok, block_size=32, show_progress=False)
+    assert len(data.corpora) == 2
+    p = np.zeros(small_tok.vocab_size)
+    for c in data.corpora:
+        n = np.bincount(np.asarray(c.train[0: len(c.train)]), minlength=small_tok.vocab_size) + 0.5
+        p += c.weight / sum(d.weight for d in data.corpora) * n / n.sum()
+    model = GPT(tiny_config(vocab_size=small_tok.vocab_size, block_size=32)).eval()
+    with torch.no_grad():
+        for w in model.parameters():
+            w.zero_()
+        model.ln_f.bias[0] = 1.0
+        model.wte.weight[:, 0] = torch.from_numpy(np.log(p))
+    want = heldout(model, small_tok, cfg, windows=16)
+    got = unigram_loss(small_tok, cfg, windows=16)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["per_corpus"] == pytest.approx(want["per_corpus"], rel=1e-5)
+    assert 0 < got["loss"] < math.log(small_tok.vocab_size)
+
+
+def test_runs_not_below_the_unigram_loss_are_named_in_the_prediction(tmp_path):
+    law = PowerLaw(a=40.0, b=-0.1, c=1.5)
+    write_runs(tmp_path / "runs.jsonl", law, list(np.geomspace(1e10, 1e12, 5)))
+    first_two = float(law(np.geomspace(1e10, 1e12, 5)[1]))
+    (tmp_path / "unigram.json").write_text(json.dumps({"loss": first_two - 1e-9, "per_corpus": {}}))
+    base = load_pretrain_config("tiny", ["model.vocab_size=4096"])
+    lines: list[str] = []
+    pred = register_prediction(tmp_path, member(base, 256, tokens_per_param(base)), tmp_path / "t" / "p.json",
+                               log=lines.append)
+    assert pred["runs_above_unigram"] == ["r0", "r1"] and pred["unigram_loss"] == pytest.approx(first_two)
+    assert any(ln.startswith("warning: r0, r1 not below the unigram loss") for ln in lines)
+    c = {"interval": [1.0, 2.0], "predicted_loss": 1.5, "actual_loss": 1.6, "actual_loss_se": 0.01,
+         "relative_error": -0.06, "extrapolation": 10.0, "registered": "now", "code_version": "abc",
+         "unigram_loss": pred["unigram_loss"], "runs_above_unigram": pred["runs_above_unigram"]}
+    assert "small runs not below it: r0, r1" in comparison_md(c, "s.png")
 
 
 def write_runs(path: Path, law: PowerLaw, compute: list[float]) -> None:
