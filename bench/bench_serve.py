@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_serve.py                      # `small` shape (6L/6H/d384/T256/V4096), this machine
     .venv/bin/python bench/bench_serve.py --skip-server --new-tokens 64
+    python bench/bench_serve.py --skip-server --device cuda    # the generation part on a GPU (no engine rows)
 
 1. Generation tokens/s on the same weights (ours mapped into GPT2LMHeadModel: same architecture, tied head,
    learned positions, pre-LN, tanh GELU), greedy, a fixed number of new tokens (no early stop), batch 1 and
@@ -42,7 +43,7 @@ import torch
 
 from gptrecipe.checkpoint import CheckpointMeta, save_checkpoint
 from gptrecipe.model import GPT, GPTConfig
-from gptrecipe.runtime import pick_dtype
+from gptrecipe.runtime import pick_device, pick_dtype
 from gptrecipe.sample import SamplingConfig, generate_ids
 from gptrecipe.serve.engine import Engine, GenParams, leave_threads_to_engine
 
@@ -95,6 +96,7 @@ def run_hf(hf, prompts: torch.Tensor, new: int) -> list[list[int]]:
 
 HF_FP32 = "HF `generate` fp32 (GPT2LMHeadModel)"
 THREADS = 0  # torch threads of each measurement (the main thread keeps one: see `leave_threads_to_engine`)
+DEVICE = torch.device("cpu")  # --device: where the generation part runs (the server part always runs on CPU)
 
 
 def timed_in_thread(fn, *args) -> tuple[float, object]:
@@ -109,6 +111,8 @@ def timed_in_thread(fn, *args) -> tuple[float, object]:
         with torch.no_grad():
             t = time.perf_counter()
             result = fn(*args)
+            if DEVICE.type == "cuda":
+                torch.cuda.synchronize(DEVICE)
             out.extend([time.perf_counter() - t, result])
 
     th = threading.Thread(target=run)
@@ -121,7 +125,7 @@ def timed_in_thread(fn, *args) -> tuple[float, object]:
 
 def read_bandwidth(gib: float = 0.5, repeats: int = 5) -> float:
     """Bytes/s of reading a tensor much larger than the caches (the median of `repeats` sums)."""
-    x = torch.ones(int(gib * 2**30) // 4)
+    x = torch.ones(int(gib * 2**30) // 4, device=DEVICE)
     timed_in_thread(x.sum)  # warm-up: page the tensor in
     seconds = statistics.median(timed_in_thread(x.sum)[0] for _ in range(repeats))
     return x.numel() * 4 / seconds
@@ -138,14 +142,16 @@ def bytes_per_step(model: GPT, dtype: torch.dtype, rows: int, prompt_len: int, n
 
 
 def bench_generation(model: GPT, tok, args) -> list[dict]:
-    dtype = pick_dtype(args.dtype, torch.device("cpu"))
-    bandwidth = read_bandwidth()
-    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 512 MB, {THREADS} threads)", flush=True)
-    fast = copy.deepcopy(model).to(dtype)  # ours as `--dtype auto` loads it
-    hf = hf_copy(model)
+    dtype = pick_dtype(args.dtype, DEVICE)
+    bandwidth = read_bandwidth(gib=0.5 if DEVICE.type == "cpu" else 4.0)
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s (sum over a tensor far larger than the caches, on {DEVICE})",
+          flush=True)
+    fast = copy.deepcopy(model).to(DEVICE, dtype)  # ours as `--dtype auto` loads it
+    hf = hf_copy(model).to(DEVICE)
+    model = model.to(DEVICE)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        x = torch.randint(16, model.config.vocab_size, (2, 24), generator=g)
+        x = torch.randint(16, model.config.vocab_size, (2, 24), generator=g).to(DEVICE)
         diff = (model(x)[0] - hf(x).logits).abs().max().item()
     print(f"max |logits ours - HF| = {diff:.2e} (fp32); ours decodes in {dtype}", flush=True)
     name = str(dtype).removeprefix("torch.")
@@ -155,7 +161,7 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
                ("gptrecipe sampler fp32, eager", lambda p: run_sampler(model, p, args.new_tokens), "fp32"),
                (HF_FP32, lambda p: run_hf(hf, p, args.new_tokens), "fp32")]
     if dtype != torch.float32:
-        hf_same = hf_copy(model).to(dtype)  # HF's bf16 rounds in another order: its own group
+        hf_same = hf_copy(model).to(DEVICE, dtype)  # HF's bf16 rounds in another order: its own group
         runners.append((f"HF `generate` {name}", lambda p: run_hf(hf_same, p, args.new_tokens), "hf " + name))
     if args.only:
         runners = [r for r in runners if re.search(args.only, r[0])] + [r for r in runners if r[0] == HF_FP32]
@@ -163,7 +169,7 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
                     f"gptrecipe engine {name}, compiled (continuous batching)": True}
     rows = []
     for batch in args.batches:
-        prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g)
+        prompts = torch.randint(16, model.config.vocab_size, (batch, args.prompt_len), generator=g).to(DEVICE)
         # warm-up (and compilation), the correctness check
         outs = {n: timed_in_thread(fn, prompts)[1] for n, fn, _ in runners}
         times = {n: [] for n, *_ in runners}
@@ -173,8 +179,8 @@ def bench_generation(model: GPT, tok, args) -> list[dict]:
         # the engines are measured apart: while an engine's thread lives, torch work in another thread is slowed
         # (two OpenMP teams on 2 cores, see timed_in_thread), which would bias the alternation
         for engine_name, compiled in engine_names.items():
-            if args.only and not re.search(args.only, engine_name):
-                continue
+            if (args.only and not re.search(args.only, engine_name)) or DEVICE.type != "cpu":
+                continue  # the engine's bench runs on CPU (its thread layout is the CPU's concern)
             with Engine(fast, tok, stop_ids=[], max_rows=64, compile=compiled, threads=THREADS) as engine:
                 outs[engine_name] = run_engine(engine, prompts, args.new_tokens)  # warm-up (and compilation)
                 times[engine_name] = []
@@ -327,9 +333,11 @@ def main() -> None:
     ap.add_argument("--only", help="regex: run only these generation implementations (and HF fp32, the baseline)")
     ap.add_argument("--dtype", default="auto", help="ours (and the server's) weights: auto (bf16 where native), fp32")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--device", default="cpu", help="where the generation part runs: cpu (default), cuda, auto")
     args = ap.parse_args()
-    global THREADS
+    global THREADS, DEVICE
     THREADS = args.threads or torch.get_num_threads()
+    DEVICE = pick_device(args.device)
     leave_threads_to_engine()  # this thread: one; every measurement: THREADS (see timed_in_thread)
     from gptrecipe.config import load_config
 
@@ -341,6 +349,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = GPT(cfg).eval()
     gen_rows = bench_generation(model, tok, args)
+    model = model.cpu()  # the server part runs on CPU
     server_rows = []
     if not args.skip_server:
         with tempfile.TemporaryDirectory() as d:
