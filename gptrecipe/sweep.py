@@ -175,6 +175,11 @@ def member_config(base: PretrainConfig, m: Member, out_dir: Path) -> PretrainCon
 # ---- measurements -----------------------------------------------------------------------------------------------
 
 
+def heldout_batches(loader: BatchLoader, corpus: str, windows: int):
+    """The fixed held-out windows of one corpus, in batches of 16 (every run and the unigram baseline see these)."""
+    return loader.val_batches(corpus, 16, math.ceil(windows / 16))
+
+
 @torch.no_grad()
 def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOWS) -> dict[str, float]:
     """Loss (nats/token), its standard error over windows, and bits per byte on the fixed held-out set: `windows`
@@ -189,7 +194,7 @@ def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOW
     tokens, per_corpus = 0, {}
     for c in data.corpora:
         rows, nats, nb = [], 0.0, 0
-        for x, y in loader.val_batches(c.name, 16, math.ceil(windows / 16)):
+        for x, y in heldout_batches(loader, c.name, windows):
             ce = F.cross_entropy(model(x.to(device))[0].float().transpose(1, 2), y.to(device), reduction="none")
             rows += ce.mean(1).tolist()
             nats += ce.sum().item()
@@ -204,7 +209,6 @@ def heldout(model: GPT, tok, base: PretrainConfig, windows: int = HELDOUT_WINDOW
             "per_corpus": per_corpus}
 
 
-@torch.no_grad()
 def unigram_loss(tok, base: PretrainConfig, windows: int = HELDOUT_WINDOWS) -> dict[str, Any]:
     """The held-out loss of a model that knows only the token frequencies of its training mixture (each corpus'
     train split counted, corpora weighted by the mixture, add-1/2 smoothing), on `heldout`'s windows and weights.
@@ -218,7 +222,7 @@ def unigram_loss(tok, base: PretrainConfig, windows: int = HELDOUT_WINDOWS) -> d
         p += c.weight / total_w * counts / counts.sum()
     nll = -np.log(p)
     per_corpus = {c.name: float(np.mean(np.concatenate(
-        [nll[y.numpy()].ravel() for _, y in loader.val_batches(c.name, 16, math.ceil(windows / 16))])))
+        [nll[y.numpy()].ravel() for _, y in heldout_batches(loader, c.name, windows)])))
         for c in data.corpora}
     return {"loss": sum(c.weight / total_w * per_corpus[c.name] for c in data.corpora), "per_corpus": per_corpus}
 
