@@ -625,6 +625,10 @@ def _add_scale(sub) -> None:
     w.add_argument("--runs", type=int, default=5, help="runs, log-spaced in compute (default %(default)s)")
     w.add_argument("--name", default="sweep", help="output under OUT_DIR/NAME (default %(default)s)")
     w.add_argument("--out-dir", default="runs")
+    w.add_argument("--batch-exponent", type=float, default=0.33, metavar="E",
+                   help="rows per step of each run = the recipe's batch x (run compute / recipe run compute)^E, so "
+                        "small runs take more, smaller steps (DeepSeek LLM: B_opt ~ C^0.33; default %(default)s; "
+                        "0: the recipe's batch for every run)")
     w.add_argument("--capability", action="store_true",
                    help="also sample generative problems at temperature 1 (GPT-4's capability prediction)")
     w.add_argument("--dry-run", action="store_true", help="print the plan and the recipe's own run, train nothing")
@@ -744,16 +748,18 @@ def _run_scale_sweep(args) -> int:
 
     paths, overrides = _split_paths(args.data, args.overrides)
     cfg = SweepConfig(name=args.name, out_dir=args.out_dir, preset=args.config, overrides=overrides, data_paths=paths,
-                      compute=list(args.compute), runs=args.runs, capability=args.capability)
+                      compute=list(args.compute), runs=args.runs, capability=args.capability,
+                      batch_exponent=args.batch_exponent)
     if args.dry_run:
         from .config import apply_overrides
         from .sweep import member, tokens_per_param
 
         cfg, base = apply_overrides(cfg, []), load_base(cfg)
-        own = member(base, base.model.n_embd, tokens_per_param(base))
-        members = plan(base, *cfg.compute, cfg.runs)
+        own = member(base, base.model.n_embd, tokens_per_param(base), batch_exponent=cfg.batch_exponent)
+        members = plan(base, *cfg.compute, cfg.runs, batch_exponent=cfg.batch_exponent)
         for m in members:
-            print(f"{m.name}: {m.params:,} params, {m.steps} steps, {m.tokens:,} tokens, C {m.compute:.3g} FLOPs")
+            print(f"{m.name}: {m.params:,} params, {m.steps} steps of {m.batch_rows} rows, {m.tokens:,} tokens, "
+                  f"C {m.compute:.3g} FLOPs")
         print(f"the recipe's own run: n_embd {own.n_embd}, {own.params:,} params, {own.steps} steps, "
               f"C {own.compute:.3g} FLOPs ({own.compute / members[-1].compute:.1f}x the largest)")
         return 0

@@ -52,6 +52,7 @@ class ScalingSettings:
     hi: float = 1 / 10  # the pretraining run is then >= 10x the largest small run
     heldout_windows: int = HELDOUT_WINDOWS
     capability: bool = False
+    batch_exponent: float = 0.33  # the small runs' rows per step ~ compute^E (SweepConfig.batch_exponent)
 
     def validate(self) -> None:
         if not 0 < self.lo < self.hi <= 1:
@@ -307,7 +308,8 @@ def scaling_sweep(job: PipelineConfig, cfg, vocab_size: int, s: ScalingSettings,
     """The sweep under root/scaling at [s.lo, s.hi] of the pretraining run's compute, and the prediction of the
     pretraining run (a member of the sweep's family: the recipe's own width and tokens per parameter)."""
     base = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
-    target = dataclasses.replace(member(base, base.model.n_embd, tokens_per_param(base)), name=cfg.name)
+    target = dataclasses.replace(member(base, base.model.n_embd, tokens_per_param(base),
+                                        batch_exponent=s.batch_exponent), name=cfg.name)
     if (target.steps, target.warmup_steps) != (cfg.train.max_steps, cfg.train.warmup_steps):
         raise ConfigError(f"scale: the pretraining run ({cfg.train.max_steps} steps, warmup {cfg.train.warmup_steps})"
                           f" is not a member of its family ({target.steps}, {target.warmup_steps})")
@@ -319,7 +321,8 @@ def scaling_sweep(job: PipelineConfig, cfg, vocab_size: int, s: ScalingSettings,
     sweep_cfg = SweepConfig(name="scaling", out_dir=str(root), preset=job.preset, data_paths=job.data_paths,
                             overrides=[*job.overrides, f"tokenizer.path={cfg.tokenizer.path}"],
                             compute=[target.compute * s.lo, target.compute * s.hi], runs=s.runs,
-                            heldout_windows=s.heldout_windows, capability=s.capability)
+                            heldout_windows=s.heldout_windows, capability=s.capability,
+                            batch_exponent=s.batch_exponent)
     rows = run_sweep(sweep_cfg, log=log)
     pred = register_prediction(sweep_dir, target, sweep_dir / "prediction.json", log=log)
     return {"cfg": sweep_cfg, "dir": sweep_dir, "rows": rows, "prediction": pred}

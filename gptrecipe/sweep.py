@@ -70,6 +70,7 @@ class SweepConfig:
     heldout_windows: int = HELDOUT_WINDOWS  # per corpus
     capability: bool = False  # also sample the generative problems (pass rates) of every run
     capability_samples: int = 16  # samples per problem at temperature 1
+    batch_exponent: float = 0.33  # rows per step ~ (compute / the recipe's run)^E (`batch_rows`); 0: one batch
 
     def validate(self) -> None:
         if len(self.compute) != 2:
@@ -81,6 +82,9 @@ class SweepConfig:
             raise ConfigError(f"runs: a fit of L(C) = a C^b + c (3 parameters) needs at least 4 runs, got {self.runs}")
         if self.heldout_windows < 1:
             raise ConfigError(f"heldout_windows: need at least 1, got {self.heldout_windows}")
+        if not 0.0 <= self.batch_exponent <= 1.0:
+            raise ConfigError(f"batch_exponent: need 0 <= E <= 1 (rows per step ~ compute^E), "
+                              f"got {self.batch_exponent}")
         if self.capability_samples < 1:
             raise ConfigError(f"capability_samples: need at least 1, got {self.capability_samples}")
 
@@ -97,6 +101,7 @@ class Member:
     n_embd: int
     steps: int
     warmup_steps: int
+    batch_rows: int  # rows of block_size tokens per optimizer step (all processes)
     params: int  # all parameters (the tied head counted once)
     params_non_embedding: int  # without token and position embeddings (Kaplan's N)
     tokens: int  # training tokens D
@@ -119,24 +124,43 @@ def tokens_per_param(base: PretrainConfig, world_size: int = 1) -> float:
     return base.train.max_steps * step_tokens(base, world_size) / _shape(base, base.model.n_embd).num_params()
 
 
-def member(base: PretrainConfig, n_embd: int, ratio: float, world_size: int = 1) -> Member:
-    """The family's model of width `n_embd`: steps for `ratio` tokens per parameter, warmup the base's fraction."""
+def batch_rows(base: PretrainConfig, compute: float, exponent: float, world_size: int = 1) -> int:
+    """Rows per optimizer step of a member that trains with `compute` FLOPs: the recipe's own batch scaled by
+    (compute / the recipe's own run's compute)^exponent (DeepSeek LLM: B_opt ~ C^0.33), at least one row per process.
+    Exponent 0 keeps the recipe's batch for every member."""
+    rows = step_tokens(base, world_size) // base.model.block_size
+    if exponent == 0.0:
+        return rows
+    own = _shape(base, base.model.n_embd)
+    base_compute = own.flops_per_token(base.model.block_size) * base.train.max_steps * step_tokens(base, world_size)
+    scaled = rows * (compute / base_compute) ** exponent
+    unit = base.train.micro_batch_size * world_size if scaled >= base.train.micro_batch_size * world_size \
+        else world_size  # whole micro batches on every process
+    return max(world_size, round(scaled / unit) * unit)
+
+
+def member(base: PretrainConfig, n_embd: int, ratio: float, world_size: int = 1,
+           batch_exponent: float = 0.0) -> Member:
+    """The family's model of width `n_embd`: steps for `ratio` tokens per parameter, warmup the base's fraction,
+    rows per step by `batch_rows`."""
     m = _shape(base, n_embd)
     n = m.num_params()
-    per_step = step_tokens(base, world_size)
+    rows = batch_rows(base, m.flops_per_token(base.model.block_size) * ratio * n, batch_exponent, world_size)
+    per_step = rows * base.model.block_size
     steps = max(1, round(ratio * n / per_step))
     warmup = max(1, round(base.train.warmup_steps * steps / base.train.max_steps))
     tokens = steps * per_step
     non_emb = n - m.wte.weight.numel() - m.wpe.weight.numel()
     return Member(name=f"d{n_embd:04d}", n_layer=base.model.n_layer, n_embd=n_embd, steps=steps,
-                  warmup_steps=warmup, params=n, params_non_embedding=non_emb, tokens=tokens,
+                  warmup_steps=warmup, batch_rows=rows, params=n, params_non_embedding=non_emb, tokens=tokens,
                   compute=m.flops_per_token(base.model.block_size) * tokens, compute_6nd=6.0 * non_emb * tokens)
 
 
-def plan(base: PretrainConfig, lo: float, hi: float, runs: int, world_size: int = 1) -> list[Member]:
+def plan(base: PretrainConfig, lo: float, hi: float, runs: int, world_size: int = 1,
+         batch_exponent: float = 0.0) -> list[Member]:
     """`runs` members inside [lo, hi] whose compute is nearest (in log) to points log-spaced over it; distinct
     widths. None is above `hi`: a target at 10 hi extrapolates at least 10x."""
-    every = family(base, hi, world_size)
+    every = family(base, hi, world_size, batch_exponent)
     inside = [m for m in every if lo / 1.2 <= m.compute <= hi]
     members: list[Member] = []
     for target in np.geomspace(lo, hi, runs):
@@ -153,21 +177,30 @@ def plan(base: PretrainConfig, lo: float, hi: float, runs: int, world_size: int 
     return members
 
 
-def family(base: PretrainConfig, up_to: float, world_size: int = 1) -> list[Member]:
+def family(base: PretrainConfig, up_to: float, world_size: int = 1, batch_exponent: float = 0.0) -> list[Member]:
     """Every member (width a multiple of n_head) from the narrowest to the first past `up_to` FLOPs."""
     ratio, step = tokens_per_param(base, world_size), base.model.n_head
-    out = [member(base, step, ratio, world_size)]
+    out = [member(base, step, ratio, world_size, batch_exponent)]
     while out[-1].compute <= up_to and out[-1].n_embd < 65536:
-        out.append(member(base, out[-1].n_embd + step, ratio, world_size))
+        out.append(member(base, out[-1].n_embd + step, ratio, world_size, batch_exponent))
     return out
 
 
-def member_config(base: PretrainConfig, m: Member, out_dir: Path) -> PretrainConfig:
+def _batch(base: PretrainConfig, rows: int, world_size: int) -> dict[str, int]:
+    """The train settings for `rows` rows per step (the recipe's own when they are its batch)."""
+    if rows * base.model.block_size == step_tokens(base, world_size):
+        return {}
+    micro = min(base.train.micro_batch_size, rows // world_size)
+    return {"micro_batch_size": micro, "batch_tokens": rows * base.model.block_size if micro * world_size < rows else 0}
+
+
+def member_config(base: PretrainConfig, m: Member, out_dir: Path, world_size: int = 1) -> PretrainConfig:
     """The recipe at member `m`, quiet: evaluates and samples only at its end (the loss is measured after)."""
     return dataclasses.replace(
         base, name=m.name, out_dir=str(out_dir), model=dataclasses.replace(base.model, n_embd=m.n_embd),
         sample=dataclasses.replace(base.sample, max_new_tokens=1, num_samples=1), sample_prompts=["\n"], report=False,
-        train=dataclasses.replace(base.train, max_steps=m.steps, warmup_steps=m.warmup_steps, eval_every=0,
+        train=dataclasses.replace(base.train, **_batch(base, m.batch_rows, world_size), max_steps=m.steps,
+                                  warmup_steps=m.warmup_steps, eval_every=0,
                                   eval_batches=1, sample_every=0, checkpoint_every=max(1, m.steps // 4),
                                   keep_checkpoints=1))
 
@@ -297,7 +330,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
     with rank_zero_first(info):  # rank 0 trains the tokenizer if it is missing; the others then read it
         tok = get_tokenizer(base.tokenizer, base.data, log=log)
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=tok.vocab_size))
-    members = plan(base, *cfg.compute, cfg.runs, info.world_size)
+    members = plan(base, *cfg.compute, cfg.runs, info.world_size, cfg.batch_exponent)
     spec = {"sweep": to_dict(cfg), "recipe": to_dict(base), "tokens_per_param": tokens_per_param(base, info.world_size),
             "plan": [asdict(m) for m in members]}
     spec_path, runs_path = root / "sweep.json", root / "runs.jsonl"
@@ -322,7 +355,7 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
             log(f"[{i}/{len(members)}] {m.name}: done before, loss {done[m.name]['loss']:.4f}")
             continue
         t = time.perf_counter()
-        run_cfg = member_config(base, m, root)
+        run_cfg = member_config(base, m, root, info.world_size)
         result = pretrain(run_cfg, resume=True, log=quiet)  # pretrain's own resume continues a killed run
         row = {**asdict(m), **measure(result.checkpoint, base, cfg.heldout_windows,
                                       cfg.capability_samples if cfg.capability else 0),
@@ -330,7 +363,8 @@ def run_sweep(cfg: SweepConfig, *, log=print) -> list[dict[str, Any]]:
         if info.is_main:
             append_line(runs_path, row)
         rows.append(row)
-        log(f"[{i}/{len(members)}] {m.name}: n_embd {m.n_embd}, {m.params / 1e6:.3f}M params, {m.steps} steps, "
+        log(f"[{i}/{len(members)}] {m.name}: n_embd {m.n_embd}, {m.params / 1e6:.3f}M params, {m.steps} steps "
+            f"of {m.batch_rows} rows, "
             f"{m.tokens / 1e6:.3f}M tokens, C {m.compute:.3g} FLOPs: held-out loss {row['loss']:.4f} "
             f"(+-{row['loss_se']:.4f}), {row['bits_per_byte']:.4f} bits/byte ({row['seconds']:.0f} s)")
     return rows
@@ -464,13 +498,14 @@ def predict(sweep_dir: str | Path, *, compute: float | None = None, name: str = 
     tok = get_tokenizer(base.tokenizer, base.data, log=log)
     base = dataclasses.replace(base, model=dataclasses.replace(base.model, vocab_size=tok.vocab_size))
     if compute is None:
-        target = member(base, base.model.n_embd, spec["tokens_per_param"], info.world_size)
+        target = member(base, base.model.n_embd, spec["tokens_per_param"], info.world_size, cfg.batch_exponent)
     else:
         if not (math.isfinite(compute) and compute > 0):
             raise ConfigError(f"--compute: must be a positive number of FLOPs, got {compute}")
-        target = min(family(base, compute * 2, info.world_size), key=lambda m: abs(math.log(m.compute / compute)))
+        target = min(family(base, compute * 2, info.world_size, cfg.batch_exponent),
+                     key=lambda m: abs(math.log(m.compute / compute)))
     target = dataclasses.replace(target, name=name)
-    run_cfg = dataclasses.replace(member_config(base, target, sweep_dir), name=name)
+    run_cfg = dataclasses.replace(member_config(base, target, sweep_dir, info.world_size), name=name)
     out = run_cfg.run_dir
     pred = register_prediction(sweep_dir, target, out / "prediction.json", log=log) if info.is_main else None
     result = pretrain(run_cfg, resume=True, log=log)

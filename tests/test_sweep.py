@@ -28,6 +28,7 @@ from gptrecipe.sweep import (
     comparison_md,
     heldout,
     member,
+    member_config,
     plan,
     predict,
     register_prediction,
@@ -36,6 +37,7 @@ from gptrecipe.sweep import (
     tokens_per_param,
     unigram_loss,
 )
+from gptrecipe.train import grad_accum_steps
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,31 @@ def test_the_family_keeps_the_recipe_and_the_base_run_is_a_member():
         assert m.params_non_embedding < m.params and m.compute > m.compute_6nd  # attention FLOPs on top
     gaps = np.diff(np.log([m.compute for m in runs]))
     assert gaps.min() > 0.5 * gaps.mean()  # roughly log-spaced
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_the_batch_rule_gives_small_runs_smaller_batches_and_keeps_the_recipe_run(world_size, tmp_path):
+    base = load_pretrain_config("tiny", ["model.vocab_size=4096"])
+    ratio, rows = tokens_per_param(base, world_size), base.train.micro_batch_size * world_size
+    own = member(base, base.model.n_embd, ratio, world_size, batch_exponent=0.33)
+    assert (own.batch_rows, own.steps) == (rows, 700)  # the recipe's own run is untouched
+    assert all(m.batch_rows == rows for m in plan(base, own.compute / 300, own.compute / 10, 4, world_size))
+    runs = plan(base, own.compute / 300, own.compute / 10, 4, world_size, batch_exponent=0.33)
+    big = member(base, 2 * base.model.n_embd, ratio, world_size, batch_exponent=0.33)
+    for m in [*runs, big]:
+        want = rows * (m.compute / own.compute) ** 0.33  # DeepSeek's B ~ C^0.33, in whole rows per process
+        unit = rows if want >= rows else world_size
+        assert m.batch_rows % unit == 0 and abs(m.batch_rows - want) <= unit / 2 + 0.01 * want
+        assert m.tokens == m.steps * m.batch_rows * base.model.block_size
+        assert abs(m.tokens / m.params - ratio) <= m.batch_rows * base.model.block_size / m.params
+        train = member_config(base, m, tmp_path, world_size).train  # what pretrain() runs: the same rows per step
+        accum = grad_accum_steps(train, base.model.block_size, world_size)
+        assert accum * train.micro_batch_size * world_size == m.batch_rows
+    assert [m.batch_rows for m in runs] == sorted(m.batch_rows for m in runs) and runs[0].batch_rows < rows
+    assert runs[0].steps > 4 * member(base, runs[0].n_embd, ratio, world_size).steps  # past the early plateau
+    assert big.batch_rows > rows
+    with pytest.raises(ConfigError, match="^batch_exponent:"):
+        apply_overrides(SweepConfig(compute=[1e11, 1e12], batch_exponent=-0.5), [])
 
 
 @pytest.mark.parametrize("compute, runs, field", [([2e12, 1e12], 5, "compute"), ([1e12, 1e12], 5, "compute"),
