@@ -614,10 +614,12 @@ def _add_scale(sub) -> None:
     w = scale.add_parser("sweep", help="train small runs of one recipe, log-spaced in compute (resumable)",
                          formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Train a family of small models under one recipe (a pretraining preset: its data "
-                         "mixture,\ntokenizer, optimizer, batch, context and warmup + cosine shape): the base model "
+                         "mixture,\ntokenizer, optimizer, context and warmup + cosine shape): the base model "
                          "at other widths\n(depth and heads kept), each trained for the base run's tokens per "
-                         "parameter with its own full\nschedule. Each run's held-out loss and bits per byte go to "
-                         "OUT_DIR/NAME/runs.jsonl (for `scale fit`).\nRun it again to continue a killed sweep.")
+                         "parameter with its own full\n"
+                         "schedule and a batch ~ its compute^0.33 (--batch-exponent).\n"
+                         "Each run's held-out loss and bits per byte go to OUT_DIR/NAME/runs.jsonl (for `scale fit`)."
+                         "\nRun it again to continue a killed sweep.")
     w.add_argument("--config", default="tiny", help="pretrain preset of the recipe (default %(default)s)")
     w.add_argument("--data", nargs="+", metavar="PATH", help="your own corpora instead of the preset's mixture")
     w.add_argument("--compute", nargs=2, type=float, required=True, metavar=("LO", "HI"),

@@ -339,13 +339,15 @@ def scaling_summary(c: dict) -> str:
 
 def scaling_md(sweep: dict, root: Path) -> str:
     rel = sweep["dir"].relative_to(root)
-    runs = md_table([{"run": r["name"], "params": r["params"], "steps": r["steps"], "tokens": r["tokens"],
+    runs = md_table([{"run": r["name"], "params": r["params"], "steps": r["steps"],
+                      "rows/step": r.get("batch_rows", ""), "tokens": r["tokens"],
                       "compute (FLOPs)": f"{r['compute']:.3g}", "6ND": f"{r['compute_6nd']:.3g}",
                       "held-out loss": round(r["loss"], 4), "bits/byte": round(r["bits_per_byte"], 4),
                       "seconds": r.get("seconds", "")} for r in sweep["rows"]])
     return ("GPT-4's predictable scaling: before the pretraining run started, small runs of its recipe (same data, "
-            "tokenizer, optimizer, batch, context, warmup + cosine shape; the same model at other widths, each "
-            "trained for the pretraining run's tokens per parameter) were fitted with L(C) = a C^b + c and the "
+            "tokenizer, optimizer, context, warmup + cosine shape; the same model at other widths, each "
+            "trained for the pretraining run's tokens per parameter, rows per step ~ its compute^"
+            f"{sweep['cfg'].batch_exponent:g}) were fitted with L(C) = a C^b + c and the "
             "prediction registered "
             f"([{rel}/prediction.json]({rel}/prediction.json)). Held-out loss: the same fixed windows of every "
             "corpus' validation split for every run.\n\n"

@@ -4,11 +4,12 @@ before the target run starts, and the target run against it.
     gptrecipe scale sweep --config tiny --compute 1e11 3.5e12 --runs 5     # -> runs/sweep/runs.jsonl
     gptrecipe scale predict runs/sweep                                       # -> runs/sweep/target/...
 
-The family: the recipe of a pretraining config (its data mixture, tokenizer, optimizer, batch and context,
-warmup + cosine shape) at other widths. Depth and head count stay the base model's; only `n_embd` changes, and
+The family: the recipe of a pretraining config (its data mixture, tokenizer, optimizer and context, warmup +
+cosine shape) at other widths. Depth and head count stay the base model's; only `n_embd` changes, and
 each run trains for tokens = (the base run's tokens per parameter) x its own parameters, with its own full
-schedule (warmup the same fraction of its steps, cosine to its own last step). So the base run itself is a
-member of the family (the main job's pretraining run is the target of its own sweep).
+schedule (warmup the same fraction of its steps, cosine to its own last step) and its own batch (DeepSeek LLM's
+B ~ C^0.33: fewer rows per step for smaller runs, so they get past the early plateau). So the base run itself is
+a member of the family (the main job's pretraining run is the target of its own sweep).
 
 The final loss of every run is measured on one fixed held-out set: `heldout_windows` windows of block_size tokens
 spread evenly over the validation split of each corpus, weighted by the mixture's weights (as `val_loss`); beside
