@@ -143,8 +143,10 @@ def _own(toolset: Toolset, query: str, results: list) -> bool:
 
 
 def tool_conversations(n: int, *, seed: int, toolset: Toolset | None = None) -> list[list[Message]]:
-    """`n` training conversations with one tool call each (arithmetic weighted most: it needs the most copying)."""
-    return [q.conversation() for q in tool_questions(n, seed=seed, toolset=toolset, weights=(2, 1, 1))]
+    """`n` training conversations with one tool call each, two thirds arithmetic (it has the most to copy: up to
+    six digits of the question into the call, then of the result into the answer). Measured in the main job's SFT:
+    held-out arithmetic answered exactly 95% after 800 steps with weights 4:1:1; 89% after 700 with 2:1:1."""
+    return [q.conversation() for q in tool_questions(n, seed=seed, toolset=toolset, weights=(4, 1, 1))]
 
 
 def answer_with_tools(model, tok, convs: Sequence[list[Message]], cfg: SamplingConfig, toolset: Toolset | None, *,

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptrecipe.tokenizer import (
+    DIGIT_PAIRS,
     GPT4_SPLIT_PATTERN,
     SPECIAL_TOKENS,
     Tokenizer,
@@ -178,6 +179,25 @@ def test_trained_merges_are_canonical(tok):
     assert [vocab["".join(m)] for m in merges] == list(range(16 + 256, tok.vocab_size))
 
 
+def test_every_two_digit_string_is_one_token_and_the_vocabulary_keeps_its_size(tok, tmp_path):
+    """Numbers split in chunks of two digits, each chunk one token (the rarest merges made room); a tokenizer
+    file with GPT-4's three-digit chunks still loads and splits as before."""
+    assert tok.vocab_size == 1024 and all(len(tok.encode(p.decode())) == 1 for p in DIGIT_PAIRS)
+    assert [tok.decode([i]) for i in tok.encode("786600 -175 7")] == ["78", "66", "00", " ", "-", "17", "5", " ", "7"]
+    text = "Hello  world!! 786600 don't 世界 🙂 3.14159"
+    assert tok.encode(text) == tok.encode_hf(text) and tok.decode(tok.encode(text)) == text
+    plain = Tokenizer.train(corpus(), 300, show_progress=False)  # too small a vocabulary to give 100 of it up
+    assert plain.vocab_size == 300 and len(plain.encode("78")) == 2
+    path = tmp_path / "gpt4.json"
+    tok.save(path)
+    config = json.loads(path.read_text())
+    config["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = GPT4_SPLIT_PATTERN
+    path.write_text(json.dumps(config))
+    old = Tokenizer.from_file(path)
+    assert [old.decode([i]) for i in old.encode("786600")] == ["78", "6", "6", "00"]  # 786|600, then pairs
+    assert old.encode("786600 x") == old.encode_hf("786600 x")
+
+
 # ---- compression, streaming decode -----------------------------------------------------------------------
 
 
@@ -313,7 +333,7 @@ def test_bad_files(tok, tmp_path):
     write(lambda c: c.__setitem__("pre_tokenizer", {"type": "ByteLevel", "add_prefix_space": False,
                                                     "trim_offsets": True, "use_regex": True}))
     gpt2_split = Tokenizer.from_file(path)
-    text = "Hello  world!! 12345 don't   stop\n\n  ünïcödé 世界 🙂"
+    text = "Hello  world!! 54321 don't   stop\n\n  ünïcödé 世界 🙂"  # GPT-2: 5|43|21, ours: 54|32|1
     assert gpt2_split.encode(text) == gpt2_split.encode_hf(text) != tok.encode(text)
     write(lambda c: c["model"]["vocab"].pop("Ā"))  # the byte 0x00
     with pytest.raises(TokenizerError, match="255 of the 256 single-byte tokens"):
