@@ -166,6 +166,17 @@ class TrainResult:
     checkpoint: Path | None = None
     grad_accum: int = 1
 
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """Take back what a resumed run's metrics.jsonl holds up to its checkpoint: losses, evals and samples
+        (so a run resumed at its last step still reports its curve)."""
+        for row in rows:
+            if "sample" in row:
+                self.samples.append(row)
+            elif "dt" in row:
+                self.losses[row["step"]], self.final_step = row["loss"], row["step"]
+            elif "event" not in row:
+                self.evals.append(row)
+
 
 class MetricsLog:
     """Append-only JSONL of metrics; on resume, lines from steps after the checkpoint are dropped. Each row's
@@ -173,6 +184,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None, trackers: list[Tracker] = ()):
         self.path, self.enabled, self.trackers = path, enabled, list(trackers)
+        self.kept: list[dict[str, Any]] = []  # on resume: the rows up to the checkpoint
         if not enabled:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +193,7 @@ class MetricsLog:
         elif path.exists():
             kept = [ln for ln in complete_lines(path) if json.loads(ln)["step"] <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
+            self.kept = [json.loads(ln) for ln in kept]
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
@@ -366,6 +379,7 @@ def train(
     trackers = (open_trackers(cfg.report_to, run_dir, stage=t.meta.stage, config=t.meta.run,
                               resume_step=start if resume else None) if info.is_main and cfg.report_to else [])
     log = MetricsLog(run_dir / "metrics.jsonl", info.is_main, start if resume else None, trackers)
+    result.replay(log.kept)
     if info.is_main:
         log.write({"step": start, "event": "start", "device": str(t.device), "dtype": str(t.dtype),
                    "world_size": info.world_size, "grad_accum": t.accum,

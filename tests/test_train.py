@@ -76,12 +76,21 @@ def test_resume_gives_identical_losses(tmp_path):
     (ck / "latest").write_text("step_0000005\n")
     resumed = train(fresh_model(dropout=0.1), task, cfg(max_steps=10, checkpoint_every=5), tmp_path / "b",
                     resume=True)
-    assert sorted(resumed.losses) == list(range(6, 11))
-    for s in range(6, 11):
+    assert sorted(resumed.losses) == list(range(1, 11))  # steps 1-5 taken back from metrics.jsonl
+    for s in range(1, 11):
         assert resumed.losses[s] == pytest.approx(straight.losses[s], abs=1e-6), s
     assert first.losses[5] == pytest.approx(straight.losses[5], abs=1e-6)
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # metrics of the killed part after step 5 were dropped, not duplicated
+
+
+def test_a_run_resumed_at_its_last_step_still_reports_its_curve(tmp_path):
+    """`gptrecipe run --resume` after a stage had finished: nothing left to train, the result is the run's own."""
+    task = StreamTask(pattern_stream(), 32)
+    done = train(fresh_model(), task, cfg(max_steps=6, eval_every=3, checkpoint_every=3), tmp_path)
+    again = train(fresh_model(), task, cfg(max_steps=6, eval_every=3, checkpoint_every=3), tmp_path, resume=True)
+    assert [e["step"] for e in done.evals] == [0, 3, 6] and again.evals == done.evals
+    assert again.losses == done.losses and again.final_step == 6
 
 
 def test_grad_accumulation_equals_bigger_batch(tmp_path):
