@@ -493,7 +493,7 @@ def predict(sweep_dir: str | Path, *, compute: float | None = None, name: str = 
     if not spec_path.is_file():
         raise DataError(f"{sweep_dir}: no sweep.json (run `gptrecipe scale sweep` first)")
     spec = json.loads(spec_path.read_text())
-    cfg = SweepConfig(**spec["sweep"])
+    cfg = SweepConfig(**{"batch_exponent": 0.0, **spec["sweep"]})  # sweeps planned before the batch rule: one batch
     base = load_base(cfg)
     info, _ = init_distributed(base.train.device)
     tok = get_tokenizer(base.tokenizer, base.data, log=log)
