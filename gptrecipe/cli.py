@@ -627,9 +627,9 @@ def _add_scale(sub) -> None:
     w.add_argument("--runs", type=int, default=5, help="runs, log-spaced in compute (default %(default)s)")
     w.add_argument("--name", default="sweep", help="output under OUT_DIR/NAME (default %(default)s)")
     w.add_argument("--out-dir", default="runs")
-    w.add_argument("--batch-exponent", type=float, default=0.33, metavar="E",
+    w.add_argument("--batch-exponent", type=float, metavar="E",
                    help="rows per step of each run = the recipe's batch x (run compute / recipe run compute)^E, so "
-                        "small runs take more, smaller steps (DeepSeek LLM: B_opt ~ C^0.33; default %(default)s; "
+                        "small runs take more, smaller steps (DeepSeek LLM: B_opt ~ C^0.33; default 0.33; "
                         "0: the recipe's batch for every run)")
     w.add_argument("--capability", action="store_true",
                    help="also sample generative problems at temperature 1 (GPT-4's capability prediction)")
@@ -751,7 +751,7 @@ def _run_scale_sweep(args) -> int:
     paths, overrides = _split_paths(args.data, args.overrides)
     cfg = SweepConfig(name=args.name, out_dir=args.out_dir, preset=args.config, overrides=overrides, data_paths=paths,
                       compute=list(args.compute), runs=args.runs, capability=args.capability,
-                      batch_exponent=args.batch_exponent)
+                      **({} if args.batch_exponent is None else {"batch_exponent": args.batch_exponent}))
     if args.dry_run:
         from .config import apply_overrides
         from .sweep import member, tokens_per_param

@@ -52,7 +52,7 @@ class ScalingSettings:
     hi: float = 1 / 10  # the pretraining run is then >= 10x the largest small run
     heldout_windows: int = HELDOUT_WINDOWS
     capability: bool = False
-    batch_exponent: float = 0.33  # the small runs' rows per step ~ compute^E (SweepConfig.batch_exponent)
+    batch_exponent: float = SweepConfig.batch_exponent  # the small runs' rows per step ~ compute^E
 
     def validate(self) -> None:
         if not 0 < self.lo < self.hi <= 1:

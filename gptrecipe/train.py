@@ -191,9 +191,8 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [ln for ln in complete_lines(path) if json.loads(ln)["step"] <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
-            self.kept = [json.loads(ln) for ln in kept]
+            self.kept = [row for row in map(json.loads, complete_lines(path)) if row["step"] <= resume_step]
+            path.write_text("".join(json.dumps(row) + "\n" for row in self.kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
