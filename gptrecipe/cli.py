@@ -631,6 +631,9 @@ def _add_scale(sub) -> None:
                    help="rows per step of each run = the recipe's batch x (run compute / recipe run compute)^E, so "
                         "small runs take more, smaller steps (DeepSeek LLM: B_opt ~ C^0.33; default 0.33; "
                         "0: the recipe's batch for every run)")
+    w.add_argument("--seeds", type=int, metavar="K",
+                   help="train every run below the largest with K seeds (NAME-s1, ...); the fit takes the median "
+                        "loss per compute (default 1; short runs leave the early plateau at seed-dependent times)")
     w.add_argument("--capability", action="store_true",
                    help="also sample generative problems at temperature 1 (GPT-4's capability prediction)")
     w.add_argument("--dry-run", action="store_true", help="print the plan and the recipe's own run, train nothing")
@@ -751,7 +754,8 @@ def _run_scale_sweep(args) -> int:
     paths, overrides = _split_paths(args.data, args.overrides)
     cfg = SweepConfig(name=args.name, out_dir=args.out_dir, preset=args.config, overrides=overrides, data_paths=paths,
                       compute=list(args.compute), runs=args.runs, capability=args.capability,
-                      **({} if args.batch_exponent is None else {"batch_exponent": args.batch_exponent}))
+                      **({} if args.batch_exponent is None else {"batch_exponent": args.batch_exponent}),
+                      **({} if args.seeds is None else {"seeds": args.seeds}))
     if args.dry_run:
         from .config import apply_overrides
         from .sweep import member, tokens_per_param
@@ -760,8 +764,9 @@ def _run_scale_sweep(args) -> int:
         own = member(base, base.model.n_embd, tokens_per_param(base), batch_exponent=cfg.batch_exponent)
         members = plan(base, *cfg.compute, cfg.runs, batch_exponent=cfg.batch_exponent)
         for m in members:
+            seeds = cfg.seeds if m is not members[-1] else 1
             print(f"{m.name}: {m.params:,} params, {m.steps} steps of {m.batch_rows} rows, {m.tokens:,} tokens, "
-                  f"C {m.compute:.3g} FLOPs")
+                  f"C {m.compute:.3g} FLOPs" + (f", {seeds} seed{'s' * (seeds > 1)}" if cfg.seeds > 1 else ""))
         print(f"the recipe's own run: n_embd {own.n_embd}, {own.params:,} params, {own.steps} steps, "
               f"C {own.compute:.3g} FLOPs ({own.compute / members[-1].compute:.1f}x the largest)")
         return 0

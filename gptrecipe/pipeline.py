@@ -53,6 +53,7 @@ class ScalingSettings:
     heldout_windows: int = HELDOUT_WINDOWS
     capability: bool = False
     batch_exponent: float = SweepConfig.batch_exponent  # the small runs' rows per step ~ compute^E
+    seeds: int = 1  # seeds of every small run below the largest (the fit takes the median loss per compute)
 
     def validate(self) -> None:
         if not 0 < self.lo < self.hi <= 1:
@@ -322,7 +323,7 @@ def scaling_sweep(job: PipelineConfig, cfg, vocab_size: int, s: ScalingSettings,
                             overrides=[*job.overrides, f"tokenizer.path={cfg.tokenizer.path}"],
                             compute=[target.compute * s.lo, target.compute * s.hi], runs=s.runs,
                             heldout_windows=s.heldout_windows, capability=s.capability,
-                            batch_exponent=s.batch_exponent)
+                            batch_exponent=s.batch_exponent, seeds=s.seeds)
     rows = run_sweep(sweep_cfg, log=log)
     pred = register_prediction(sweep_dir, target, sweep_dir / "prediction.json", log=log)
     return {"cfg": sweep_cfg, "dir": sweep_dir, "rows": rows, "prediction": pred}
@@ -347,7 +348,10 @@ def scaling_md(sweep: dict, root: Path) -> str:
     return ("GPT-4's predictable scaling: before the pretraining run started, small runs of its recipe (same data, "
             "tokenizer, optimizer, context, warmup + cosine shape; the same model at other widths, each "
             "trained for the pretraining run's tokens per parameter, rows per step ~ its compute^"
-            f"{sweep['cfg'].batch_exponent:g}) were fitted with L(C) = a C^b + c and the "
+            f"{sweep['cfg'].batch_exponent:g}"
+            + (f"; {sweep['cfg'].seeds} seeds of each run below the largest, their median loss per compute"
+               if sweep["cfg"].seeds > 1 else "")
+            + ") were fitted with L(C) = a C^b + c and the "
             "prediction registered "
             f"([{rel}/prediction.json]({rel}/prediction.json)). Held-out loss: the same fixed windows of every "
             "corpus' validation split for every run.\n\n"

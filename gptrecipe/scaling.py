@@ -238,21 +238,32 @@ def read_runs(path: str | Path) -> list[dict]:
     return runs
 
 
+def median_by_compute(runs: list[dict]) -> tuple[list[float], list[float]]:
+    """One point per compute: the median loss of the runs that share it (seeds of one configuration: a short run
+    that stays on the early plateau longer than its twins counts as one vote, not as a bend of the curve)."""
+    by: dict[float, list[float]] = {}
+    for r in runs:
+        by.setdefault(float(r["compute"]), []).append(float(r["loss"]))
+    C = sorted(by)
+    return C, [float(np.median(by[c])) for c in C]
+
+
 def fit_runs(runs: list[dict], predict: float, *, level: float = 0.9, samples: int = 200) -> dict:
-    """Everything `gptrecipe scale fit` reports: L(C), its prediction at `predict` with a bootstrap interval, and
-    L(N, D) when every run has `params` and `tokens` (and there are at least 5)."""
-    C = [float(r["compute"]) for r in runs]
-    L = [float(r["loss"]) for r in runs]
+    """Everything `gptrecipe scale fit` reports: L(C) over one point per compute (`median_by_compute`), its
+    prediction at `predict` with a bootstrap interval (over those points), and L(N, D) over every run when every
+    run has `params` and `tokens` (and there are at least 5)."""
+    C, L = median_by_compute(runs)
     law = fit_power_law(C, L)
     grid = [*np.geomspace(min(C), max(max(C), predict), 24).tolist(), predict]  # the band, then the prediction
     band_lo, band_hi = bootstrap_band(C, L, grid, samples=samples, level=level)
     lo, hi = band_lo.pop(), band_hi.pop()
     out = {**asdict(law), "law": "L(C) = a * C^b + c", "predict_at": predict, "prediction": float(law(predict)),
-           "interval": [lo, hi], "interval_level": level, "runs": len(runs),
+           "interval": [lo, hi], "interval_level": level, "runs": len(runs), "points": len(C),
            "band": {"compute": grid[:-1], "lo": band_lo, "hi": band_hi},
            "extrapolation": predict / max(C), "residuals": [float(law(c) / l - 1) for c, l in zip(C, L, strict=True)]}
     if len(runs) >= 5 and all("params" in r and "tokens" in r for r in runs):
-        out["chinchilla"] = asdict(fit_chinchilla([r["params"] for r in runs], [r["tokens"] for r in runs], L))
+        out["chinchilla"] = asdict(fit_chinchilla([r["params"] for r in runs], [r["tokens"] for r in runs],
+                                                  [r["loss"] for r in runs]))
     return out
 
 

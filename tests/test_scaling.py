@@ -118,6 +118,23 @@ def test_fit_runs_and_the_command_line(tmp_path):
     assert got["prediction"] == pytest.approx(a * 1e18**b + c, rel=1e-3)
 
 
+def test_seeds_of_one_compute_enter_the_fit_as_their_median():
+    a, b, c = LAWS[0]
+    rng = np.random.default_rng(0)
+    runs = []
+    for i, x in enumerate(COMPUTE):  # three seeds per compute within 0.1% of the law; at two, one stuck 8% above
+        truth = a * x**b + c
+        stuck = 0.08 if i in (1, 4) else rng.uniform(-1e-3, 1e-3)
+        runs += [{"compute": float(x), "loss": truth * (1 + e)} for e in (*rng.uniform(-1e-3, 1e-3, 2), stuck)]
+    medians = [{"compute": float(x), "loss": float(np.median([r["loss"] for r in runs if r["compute"] == x]))}
+               for x in COMPUTE]
+    out = fit_runs(runs, 1e18, samples=20)
+    assert (out["runs"], out["points"]) == (18, 6)
+    assert out["prediction"] == pytest.approx(fit_runs(medians, 1e18, samples=20)["prediction"], rel=1e-9)
+    truth = a * 1e18**b + c
+    assert abs(out["prediction"] / truth - 1) < 0.01  # 100x out, the stuck seeds do not bend the fit
+
+
 @pytest.mark.parametrize("runs,message", [
     ([{"compute": 1e15, "loss": 3.0}, {"compute": 1e16, "loss": 2.9}], "2 runs cannot determine 3 parameters"),
     ([{"compute": -1.0, "loss": 3.0}], "line 1: 'compute' must be a finite number > 0, got -1.0"),

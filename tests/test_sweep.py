@@ -103,6 +103,8 @@ def test_the_batch_rule_gives_small_runs_smaller_batches_and_keeps_the_recipe_ru
 def test_bad_sweep_settings_name_the_field(compute, runs, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
         apply_overrides(SweepConfig(compute=compute, runs=runs), [])
+    with pytest.raises(ConfigError, match="^seeds:"):
+        apply_overrides(SweepConfig(compute=[1e11, 1e12], seeds=0), [])
 
 
 def test_a_range_too_narrow_for_the_runs_is_refused():
@@ -285,9 +287,17 @@ def test_predict_registers_first_then_trains_the_recipes_own_run_and_compares(tm
     recipe = tiny_recipe(**{"tokenizer.path": tmp_path / "tok.json", "data.cache_dir": tmp_path / "cache",
                             "train.max_steps": 60, "train.warmup_steps": 6})
     cfg = SweepConfig(name="sw", out_dir=str(tmp_path), overrides=recipe, data_paths=[str(tmp_path / "corpus.txt")],
-                      compute=[1.5e7, 1.6e8], runs=4, heldout_windows=8, capability=True, capability_samples=2)
+                      compute=[1.5e7, 1.6e8], runs=4, heldout_windows=8, capability=True, capability_samples=2,
+                      seeds=2)
     rows = run_sweep(cfg, log=lambda *a: None)
-    assert len(rows) == 4 and all(len(r["solved"]) == 32 and r["samples"] == 2 for r in rows)
+    assert len(rows) == 7 and all(len(r["solved"]) == 32 and r["samples"] == 2 for r in rows)
+    widths = [r for r in rows if r["seed"] == 1337]  # each run below the largest twice (seeds 1337, 1338)
+    assert [r["name"] for r in rows] == [n for w in widths[:-1] for n in (w["name"], w["name"] + "-s1")] + \
+        [widths[-1]["name"]]
+    for w, twin in zip(widths, [r for r in rows if r["seed"] == 1338], strict=False):
+        same = ("n_embd", "steps", "warmup_steps", "batch_rows", "params", "tokens", "compute")
+        assert [twin[k] for k in same] == [w[k] for k in same]
+        assert twin["loss"] != w["loss"]  # another initialization and data order: another loss
     c = predict(tmp_path / "sw", log=lambda *a: None)
     target = tmp_path / "sw" / "target"
     pred = json.loads((target / "prediction.json").read_text())
