@@ -7,15 +7,17 @@ over the chat template, and the held-out score with and without the toolset.
     turns[0].calls, turns[0].text                        # [("37*12", "444")], "444"
 
 The format is made for a small model to copy: the question holds the bare query (`37*12`, `猫`, a word), the
-call repeats it, and the answer copies what was asked for from the toolset's result (the number, the word with its
-meanings, the source of the passage that mentions a word). Held-out questions (`split="heldout"`) are
+call repeats it, and the answer copies what was asked for from the toolset's result (the number, the word's first
+meaning, the source of the passage that mentions a word). Held-out questions (`split="heldout"`) are
 a fixed tenth of the space of queries by a hash, never generated for training.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -48,10 +50,13 @@ class ToolQuestion:
 
     @property
     def answer(self) -> str:
-        """What the user asked for, copied verbatim from the result: the number, the word with its meanings,
-        the source (the "[source #position]" before the snippet)."""
+        """What the user asked for, copied verbatim from the result: the number, the word's first meaning ("It
+        means" and the text after "word:" up to the next ";"), the source (the "[source #position]" before the
+        snippet)."""
         if self.tool == "retrieval":
             return self.result.split("] ", 1)[0] + "]"
+        if self.tool == "translator":  # " to delay" as in the result: the same tokens, a copy
+            return "It means " + self.result.split(": ", 1)[1].split("; ")[0]
         return self.result
 
     def conversation(self) -> list[Message]:
@@ -65,8 +70,9 @@ def _heldout(query: str) -> bool:
 
 _ARITH = ["What is {q}?", "Compute {q}.", "How much is {q}?", "{q} = ?", "Calculate {q}, please."]
 _TRANSLATE = ["What does {q} mean?", "Translate {q} into English.", "What is {q} in English?", "{q} means?"]
-_RETRIEVE = ['Which text mentions "{q}"?', 'Where does "{q}" appear?', 'Find "{q}" in the library.',
-             'What is the source of "{q}"?']
+# the word to look up on its own line: tokenized as in the call (after a quote or a space it would be other tokens)
+_RETRIEVE = ["Which text mentions this word?\n{q}", "Where does this word appear?\n{q}",
+             "Find this word in the library:\n{q}", "What is the source of this word?\n{q}"]
 
 
 def _arithmetic(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
@@ -76,16 +82,28 @@ def _arithmetic(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
 
 
 @cache
-def _words(dictionary: str | None) -> list[str]:
-    """Chinese words of one or two characters whose translation is short (fits a small context)."""
+def _common_words(retrieval: Retrieval, min_count: int = 20) -> frozenset[str]:
+    """Lower-case English words seen at least `min_count` times in the retrieval collection (by default the
+    embedded corpora the model is pretrained on: words it has learned to spell)."""
+    counts = Counter(w for p in retrieval.passages for w in re.findall(r"[a-z]+", p.text.lower()))
+    return frozenset(w for w, n in counts.items() if n >= min_count)
+
+
+@cache
+def _words(dictionary: str | None, common: frozenset[str]) -> list[str]:
+    """Chinese words of one or two characters whose dictionary line is short (fits a small context) and whose
+    first meaning is one or two common English words. A rare word ("medial malleolus") is a copy the tiny model
+    misspells from its own statistics ("medial stringusial"), with the right line in its context."""
     zh_en, _ = Translator(dictionary)._tables
     return sorted(w for w, defs in zh_en.items() if len(w) <= 2 and len(f"{w}: {'; '.join(defs[:3])}") <= 32
-                  and all("\u4e00" <= c <= "\u9fff" for c in w))
+                  and all("\u4e00" <= c <= "\u9fff" for c in w)
+                  and len(defs[0].split()) <= 2 and all(x in common for x in defs[0].split()))
 
 
 def _translation(rng: random.Random, toolset: Toolset) -> tuple[str, str]:
     dictionary = next(t.dictionary for t in toolset.tools if isinstance(t, Translator))
-    q = rng.choice(_words(None if dictionary is None else str(dictionary)))
+    retrieval = next(t for t in toolset.tools if isinstance(t, Retrieval))
+    q = rng.choice(_words(None if dictionary is None else str(dictionary), _common_words(retrieval)))
     return rng.choice(_TRANSLATE).format(q=q), q
 
 
@@ -143,10 +161,12 @@ def _own(toolset: Toolset, query: str, results: list) -> bool:
 
 
 def tool_conversations(n: int, *, seed: int, toolset: Toolset | None = None) -> list[list[Message]]:
-    """`n` training conversations with one tool call each, two thirds arithmetic (it has the most to copy: up to
-    six digits of the question into the call, then of the result into the answer). Measured in the main job's SFT:
-    held-out arithmetic answered exactly 95% after 800 steps with weights 4:1:1; 89% after 700 with 2:1:1."""
-    return [q.conversation() for q in tool_questions(n, seed=seed, toolset=toolset, weights=(4, 1, 1))]
+    """`n` training conversations with one tool call each, arithmetic, translation and retrieval 3:2:2. Measured in
+    the main job's SFT (800 steps from its pretraining run, 150 held-out questions; exact with the toolset for
+    arithmetic / translation / retrieval, dialogue val loss): 4:1:1 1.00 / 0.15 / 0.24, 1.85; 2:1:1 0.98 / 0.36 /
+    0.38, 1.87; 3:2:2 1.00 / 0.51 / 0.32, 1.90; 1:1:1 0.96 / 0.46 / 0.44, 1.92: copying a word needs as many
+    examples as copying digits."""
+    return [q.conversation() for q in tool_questions(n, seed=seed, toolset=toolset, weights=(3, 2, 2))]
 
 
 def answer_with_tools(model, tok, convs: Sequence[list[Message]], cfg: SamplingConfig, toolset: Toolset | None, *,

@@ -165,9 +165,13 @@ def test_builtin_questions_answer_from_the_result_and_hold_out_their_queries():
     assert {q.tool for q in train} == {"calculator", "translator", "retrieval"}
     assert not {q.query for q in train} & {q.query for q in heldout}
     for q in train + heldout:
-        assert q.query in q.question and q.answer and q.answer in q.result
+        assert q.query in q.question and q.answer and q.answer.removeprefix("It means ") in q.result
         if q.tool == "retrieval":  # "[kjv #12] In the beginning ..." -> the source
             assert q.result.startswith(q.answer + " ") and q.answer.startswith("[") and q.answer.endswith("]"), q
+        elif q.tool == "translator":  # "猫: cat; ..." -> "It means cat": its first meaning, words the corpora use
+            meaning = q.answer.removeprefix("It means ")
+            assert (q.result + ";").startswith(f"{q.query}: {meaning};"), q
+            assert meaning and all(w.isalpha() and w.islower() for w in meaning.split()), q
         else:
             assert q.answer == q.result, q
     assert tool_questions(200, seed=0) == train  # seeded
