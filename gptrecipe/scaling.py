@@ -148,6 +148,12 @@ def _chinchilla_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarra
     return float(np.sum(loss)), grad
 
 
+# log A, log B, log E, alpha, beta: wide enough for any real law, finite when exponentiated. Runs whose tokens are a
+# fixed multiple of their parameters (a sweep) cannot tell A / N^alpha from B / D^beta, and unbounded, the two
+# terms can run off together to log B ~ 1e3 (exp overflows).
+CHINCHILLA_BOUNDS = [(-100.0, 300.0), (-100.0, 300.0), (-100.0, 100.0), (0.0, 10.0), (0.0, 10.0)]
+
+
 def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], loss: Sequence[float], *,
                    keep: int = 64) -> Chinchilla:
     """Epoch AI's fit: log L = LSE(a - alpha log N, b - beta log D, e) by Huber loss, L-BFGS from their grid of
@@ -164,7 +170,7 @@ def fit_chinchilla(params: Sequence[float], tokens: Sequence[float], loss: Seque
     best = None
     for theta0 in grid[np.argsort(start_loss)[:keep]]:
         res = minimize(_chinchilla_objective, theta0, args=(log_n, log_d, y), jac=True, method="L-BFGS-B",
-                       options=TIGHT)
+                       options=TIGHT, bounds=CHINCHILLA_BOUNDS)
         if best is None or res.fun < best.fun:
             best = res
     a, b, e, alpha, beta = best.x

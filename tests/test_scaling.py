@@ -118,6 +118,16 @@ def test_fit_runs_and_the_command_line(tmp_path):
     assert got["prediction"] == pytest.approx(a * 1e18**b + c, rel=1e-3)
 
 
+def test_chinchilla_on_runs_with_tokens_proportional_to_parameters_stays_finite():
+    # a sweep's runs (tokens = 0.34 x parameters): N and D cannot be told apart; once this overflowed exp(log B)
+    runs = [(80736, 27264, 6.4455), (104760, 35456, 6.2577), (186048, 62976, 5.9554), (281160, 95232, 5.938),
+            (390096, 131712, 5.5837)]
+    law = fit_chinchilla(*zip(*runs, strict=True))
+    assert all(math.isfinite(v) for v in (law.A, law.B, law.E, law.alpha, law.beta))
+    for n, d, loss in runs:  # and it still describes them (the fourth run sits 3% above its neighbours' line)
+        assert law(n, d) == pytest.approx(loss, rel=0.05)
+
+
 def test_seeds_of_one_compute_enter_the_fit_as_their_median():
     a, b, c = LAWS[0]
     rng = np.random.default_rng(0)
