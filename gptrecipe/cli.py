@@ -757,14 +757,17 @@ def _run_scale_sweep(args) -> int:
                       **({} if args.batch_exponent is None else {"batch_exponent": args.batch_exponent}),
                       **({} if args.seeds is None else {"seeds": args.seeds}))
     if args.dry_run:
+        from collections import Counter
+
         from .config import apply_overrides
-        from .sweep import member, tokens_per_param
+        from .sweep import jobs, member, tokens_per_param
 
         cfg, base = apply_overrides(cfg, []), load_base(cfg)
         own = member(base, base.model.n_embd, tokens_per_param(base), batch_exponent=cfg.batch_exponent)
         members = plan(base, *cfg.compute, cfg.runs, batch_exponent=cfg.batch_exponent)
+        runs_of = Counter(m.name for m, _ in jobs(members, cfg.seeds))
         for m in members:
-            seeds = cfg.seeds if m is not members[-1] else 1
+            seeds = runs_of[m.name]
             print(f"{m.name}: {m.params:,} params, {m.steps} steps of {m.batch_rows} rows, {m.tokens:,} tokens, "
                   f"C {m.compute:.3g} FLOPs" + (f", {seeds} seed{'s' * (seeds > 1)}" if cfg.seeds > 1 else ""))
         print(f"the recipe's own run: n_embd {own.n_embd}, {own.params:,} params, {own.steps} steps, "
